@@ -1,0 +1,570 @@
+"""The diffusion transformer: spacetime patch tokens + caption -> velocity, for rectified flow.
+
+    tokens (B, L, C*pt*ph*pw) --x_embed--> x (B, L, D)
+    t (B, L) per token --sinusoid, MLP--> c (B, L, D)  (+ pooled caption vector, optional)
+    c --SiLU, Linear--> shared modulation (B, L, 6D); each block adds its own learned (6, D) table
+    block:  x += gate1 * SelfAttn(modulate(LN(x), shift1, scale1))   3D RoPE, QK RMSNorm,
+                                                                    block-diagonal when packed
+            x += CrossAttn(LN(x), caption tokens)                    each sample its own caption
+            x += gate2 * MLP(modulate(LN(x), shift2, scale2))        SwiGLU or GELU-tanh
+    final:  Linear(modulate(LN(x), shift, scale)) -> v (B, L, C*pt*ph*pw)
+
+Timesteps are per token, so clean conditioning frames (t = 0) and noisy frames share a sequence;
+the modulation is therefore computed per token. A DiT-style per-block Linear(D, 6D) applied to
+every token would cost 12 D^2 FLOPs per token per block, as much as the attention projections;
+instead one shared projection is computed once and each block adds a learned table (the
+"adaLN-single" of PixArt-alpha, also used by Wan). Gates, tables, the shared projection, the
+cross-attention output and the final layer start at zero (adaLN-Zero): every block starts as the
+identity and a fresh model outputs zeros.
+
+Attention runs through `scaled_dot_product_attention` (flash / cuDNN kernels on a GPU when there
+is no mask: one sample a row) or, for packed sequences, either SDPA with a dense block-diagonal
+boolean mask (simple; O(L^2) memory) or flex attention with a BlockMask built from the document
+ids (`attention="flex"`; skips the blocks between samples; compiled on a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.utils.checkpoint import checkpoint
+
+from kinema.errors import KinemaError
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of a DiT; saved as JSON next to its weights (to_dict / from_dict).
+
+    hidden, depth, heads: width D, number of blocks, attention heads (head dim = D / heads)
+    in_channels, patch:   latent channels and spacetime patch; a token has C * pt * ph * pw features
+    text_dim:             width of the text encoder's tokens (256 builtin, 4096 for T5-XXL, ...)
+    mlp, mlp_ratio:       "swiglu" (hidden 2/3 * ratio * D, rounded up to 64) or "gelu" (ratio * D)
+    rope_axes:            head-dim channels given to the (t, h, w) rotary axes; None: about 1/4 to
+                          time and the rest split between height and width (64 -> (16, 24, 24))
+    rope_theta:           rotary base period
+    pooled_text:          add the masked mean of the caption tokens, projected, to the timestep
+                          embedding (a global caption vector in the modulation, as SD3 / flux do
+                          with their pooled CLIP vector)
+    freq_dim:             width of the sinusoidal timestep features
+
+    Presets take overrides: DiTConfig.l(text_dim=4096) for a T5-XXL text encoder.
+    """
+
+    hidden: int = 256
+    depth: int = 4
+    heads: int = 4
+    in_channels: int = 16
+    patch: tuple[int, int, int] = (1, 2, 2)
+    text_dim: int = 256
+    mlp: str = "swiglu"
+    mlp_ratio: float = 4.0
+    rope_axes: tuple[int, int, int] | None = None
+    rope_theta: float = 10000.0
+    pooled_text: bool = True
+    freq_dim: int = 256
+
+    def __post_init__(self):
+        problems = []
+        if self.hidden % self.heads:
+            problems.append(f"hidden {self.hidden} is not divisible by heads {self.heads}")
+        elif self.head_dim % 2:
+            problems.append(f"head dim {self.head_dim} must be even for rotary embeddings")
+        elif sum(self.rope_split) != self.head_dim or any(d % 2 or d <= 0 for d in self.rope_split):
+            problems.append(f"rope_axes {self.rope_axes} must be 3 positive even numbers summing to {self.head_dim}")
+        if self.mlp not in ("swiglu", "gelu"):
+            problems.append(f"mlp must be 'swiglu' or 'gelu', not {self.mlp!r}")
+        if len(self.patch) != 3 or any(p <= 0 for p in self.patch):
+            problems.append(f"patch must be 3 positive sizes (pt, ph, pw), not {self.patch}")
+        if self.freq_dim % 2:
+            problems.append(f"freq_dim {self.freq_dim} must be even")
+        if problems:
+            raise KinemaError("bad DiT config: " + "; ".join(problems))
+
+    # ------------------------------------------------------------ derived sizes
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def token_dim(self) -> int:
+        return self.in_channels * math.prod(self.patch)
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.mlp == "gelu":
+            return int(self.hidden * self.mlp_ratio)
+        h = int(2 * self.hidden * self.mlp_ratio / 3)
+        return -(-h // 64) * 64
+
+    @property
+    def rope_split(self) -> tuple[int, int, int]:
+        if self.rope_axes is not None:
+            return tuple(self.rope_axes)
+        d = self.head_dim
+        t = 2 * (d // 8)
+        h = 2 * ((d - t) // 4)
+        return (t, h, d - t - h)
+
+    # ------------------------------------------------------------ presets
+
+    @classmethod
+    def tiny(cls, **kw) -> DiTConfig:
+        """~5M parameters: CPU training on Kinema World."""
+        return cls(**{**dict(hidden=256, depth=4, heads=4), **kw})
+
+    @classmethod
+    def small(cls, **kw) -> DiTConfig:
+        """~30M parameters."""
+        return cls(**{**dict(hidden=384, depth=12, heads=6), **kw})
+
+    @classmethod
+    def b(cls, **kw) -> DiTConfig:
+        """~130M parameters."""
+        return cls(**{**dict(hidden=768, depth=13, heads=12), **kw})
+
+    @classmethod
+    def l(cls, **kw) -> DiTConfig:  # noqa: E743 (the conventional size name)
+        """~500M parameters."""
+        return cls(**{**dict(hidden=1024, depth=28, heads=16), **kw})
+
+    @classmethod
+    def xl_1b(cls, **kw) -> DiTConfig:
+        """~1.1B parameters; head dim 128."""
+        return cls(**{**dict(hidden=1536, depth=28, heads=12), **kw})
+
+    @classmethod
+    def xl_3b(cls, **kw) -> DiTConfig:
+        """~3B parameters; head dim 128."""
+        return cls(**{**dict(hidden=2560, depth=28, heads=20), **kw})
+
+    # ------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["patch"] = list(self.patch)
+        d["rope_axes"] = list(self.rope_axes) if self.rope_axes is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise KinemaError(f"unknown DiT config keys {sorted(unknown)}; known keys: {sorted(known)}")
+        d = dict(d)
+        if "patch" in d:
+            d["patch"] = tuple(d["patch"])
+        if d.get("rope_axes") is not None:
+            d["rope_axes"] = tuple(d["rope_axes"])
+        return cls(**d)
+
+    # ------------------------------------------------------------ FLOPs
+
+    def matmul_params(self) -> dict[str, int]:
+        """Weights of the matrix multiplies, split by what they multiply.
+
+        per_token: used once per video token (patch embed, timestep MLP, modulation, self-attention,
+                   cross-attention queries and output, MLP, final layer)
+        per_text_token: used once per caption token (caption projection, cross-attention keys and
+                   values in every block)
+        per_caption: used once per caption (pooled-caption MLP)
+        """
+        D, Dt, F_ = self.hidden, self.text_dim, self.mlp_hidden
+        mlp = (3 if self.mlp == "swiglu" else 2) * D * F_
+        block_tok = 4 * D * D + 2 * D * D + mlp  # qkv + proj, cross q + proj, MLP
+        per_token = (
+            self.token_dim * D  # x_embed
+            + self.freq_dim * D + D * D  # timestep MLP
+            + 6 * D * D  # shared modulation
+            + self.depth * block_tok
+            + 2 * D * D + D * self.token_dim  # final modulation + output
+        )
+        per_text_token = Dt * D + D * D + self.depth * 2 * D * D
+        per_caption = (Dt * D + D * D) if self.pooled_text else 0
+        return {"per_token": per_token, "per_text_token": per_text_token, "per_caption": per_caption}
+
+    def flops_per_token(self, seq_len: int, text_len: int) -> float:
+        """Forward FLOPs per video token of a sample of seq_len tokens with a text_len caption.
+
+        The usual estimate (Kaplan et al. 2020; PaLM appendix B): 2 FLOPs per weight per token for
+        the matrix multiplies, plus attention scores and weighted values, 2 * 2 * D per key per
+        layer, here for seq_len self-attention keys and text_len cross-attention keys:
+
+            2 N_token + 4 depth D (seq_len + text_len) + 2 (N_text text_len + N_caption) / seq_len
+
+        (caption-side work is shared by the sample's seq_len tokens). Training (forward + backward)
+        is 3x this, plus one more forward per checkpointed block. For a packed sequence sum
+        n_i * flops_per_token(n_i, text_len_i) over its samples. Norms, activations and RoPE are
+        left out (a few percent).
+        """
+        p = self.matmul_params()
+        attn = 4 * self.depth * self.hidden * (seq_len + text_len)
+        text = 2 * (p["per_text_token"] * text_len + p["per_caption"]) / seq_len
+        return 2 * p["per_token"] + attn + text
+
+
+PRESETS: dict[str, Callable[..., DiTConfig]] = {
+    "tiny": DiTConfig.tiny,
+    "small": DiTConfig.small,
+    "b": DiTConfig.b,
+    "l": DiTConfig.l,
+    "xl_1b": DiTConfig.xl_1b,
+    "xl_3b": DiTConfig.xl_3b,
+}
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def timestep_features(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """(...) t in [0, 1] -> (..., dim) sinusoidal features of 1000 t (as DiT's integer steps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000.0)[..., None] * freqs  # (..., half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def rope_angles(positions: Tensor, axes: tuple[int, int, int], theta: float) -> tuple[Tensor, Tensor]:
+    """(..., L, 3) integer positions -> cos, sin (..., L, head_dim / 2), float32.
+
+    Axis a (t, h or w) gets axes[a] channels: axes[a] / 2 frequencies theta^(-2i / axes[a]).
+    Angles are computed in float64, so that shifted positions give the same rotations to fp32.
+    """
+    parts = []
+    for a, d in enumerate(axes):
+        inv = theta ** (-torch.arange(0, d, 2, device=positions.device, dtype=torch.float64) / d)  # (d/2,)
+        parts.append(positions[..., a, None].double() * inv)  # (..., L, d/2)
+    ang = torch.cat(parts, dim=-1)  # (..., L, head_dim/2)
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x (B, H, L, d) by the angles (B or 1, 1, L, d/2)."""
+    xp = rearrange(x.float(), "... (d two) -> ... d two", two=2)
+    x0, x1 = xp.unbind(-1)  # (B, H, L, d/2)
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return rearrange(out, "... d two -> ... (d two)").type_as(x)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+# ---------------------------------------------------------------- attention
+
+
+@dataclass
+class AttentionMasks:
+    """Masks shared by every block of one forward pass.
+
+    self_mask:  None (each row one sample: full attention), a bool (1, 1, L, L) block-diagonal
+                mask for SDPA, or a flex BlockMask over document ids
+    cross_mask: a bool (B, 1, L or 1, K) mask for SDPA, or a flex BlockMask; True = attend
+    """
+
+    self_mask: Tensor | BlockMask | None
+    cross_mask: Tensor | BlockMask
+
+
+_compiled_flex = None
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None) -> Tensor:
+    """q (B, H, Lq, d), k, v (B, H, Lk, d) -> (B, H, Lq, d); a BlockMask selects flex attention."""
+    if isinstance(mask, BlockMask):
+        global _compiled_flex
+        if q.is_cuda:  # the fused kernel exists only compiled; eager materialises the scores
+            if _compiled_flex is None:
+                _compiled_flex = torch.compile(flex_attention)
+            return _compiled_flex(q, k, v, block_mask=mask)
+        return flex_attention(q, k, v, block_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _block_mask(mask_mod, q_len: int, kv_len: int, device: torch.device) -> BlockMask:
+    # On a GPU the block mask is built by a compiled kernel, without an L x L tensor.
+    return create_block_mask(mask_mod, None, None, q_len, kv_len, device=device, _compile=device.type == "cuda")
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None) -> Tensor:
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)  # (B, H, L, d)
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)
+        out = attend(q, k, v, mask)  # (B, H, L, d)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | BlockMask) -> Tensor:
+        # x: (B, L, D); context: (B or 1, K, D) caption tokens
+        q = self.q_norm(rearrange(self.q(x), "b l (h d) -> b h l d", h=self.heads))  # (B, H, L, d)
+        k, v = rearrange(self.kv(context), "b k (two h d) -> two b h k d", two=2, h=self.heads)  # (B, H, K, d)
+        out = attend(q, self.k_norm(k), v, mask)  # (B, H, L, d)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.up = nn.Linear(dim, 2 * hidden if kind == "swiglu" else hidden)
+        self.down = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "swiglu":
+            a, b = self.up(x).chunk(2, dim=-1)
+            return self.down(F.silu(a) * b)
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+# ---------------------------------------------------------------- blocks
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        D = config.hidden
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(D, config.heads)
+        self.norm2 = nn.LayerNorm(D, eps=1e-6)
+        self.cross = CrossAttention(D, config.heads)
+        self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(D, config.mlp_hidden, config.mlp)
+        self.mod_table = nn.Parameter(torch.zeros(6, D))  # added to the shared modulation
+
+    def forward(
+        self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, context: Tensor, masks: AttentionMasks
+    ) -> Tensor:
+        # x: (B, L, D); mod: (B, L, 6, D) shared modulation
+        shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.mod_table).unbind(dim=-2)  # 6 x (B, L, D)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, masks.self_mask)
+        x = x + self.cross(self.norm2(x), context, masks.cross_mask)
+        x = x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mod = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.mod(F.silu(c)).chunk(2, dim=-1)  # (B, L, D) each
+        return self.out(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """Text-conditioned diffusion transformer over spacetime patch tokens (see the module doc).
+
+    attention:     "sdpa" (dense block-diagonal masks for packed sequences) or "flex" (BlockMask);
+                   an attribute, free to change between calls; it is not part of the weights.
+                   On a CPU with gradients enabled "flex" falls back to the SDPA masks, because
+                   torch has no flex-attention backward on a CPU
+    checkpointing: recompute each block in the backward pass (torch.utils.checkpoint)
+
+    For FSDP2, shard each of `blocks` and then the root; to build large models without memory,
+    construct under torch.device("meta"), then `to_empty(device=...)` and `init_weights()`.
+    """
+
+    def __init__(self, config: DiTConfig, attention: str = "sdpa", checkpointing: bool = False):
+        super().__init__()
+        if attention not in ("sdpa", "flex"):
+            raise KinemaError(f"attention must be 'sdpa' or 'flex', not {attention!r}")
+        self.config = config
+        self.attention = attention
+        self.checkpointing = checkpointing
+        D = config.hidden
+        self.x_embed = nn.Linear(config.token_dim, D)
+        self.t_embed = nn.Sequential(nn.Linear(config.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.text_norm = nn.RMSNorm(config.text_dim, eps=1e-6)
+        self.text_embed = nn.Sequential(nn.Linear(config.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
+        self.text_pool = (
+            nn.Sequential(nn.Linear(config.text_dim, D), nn.SiLU(), nn.Linear(D, D)) if config.pooled_text else None
+        )
+        self.t_mod = nn.Linear(D, 6 * D)
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        self.final = FinalLayer(D, config.token_dim)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """DiT initialisation: Xavier linears, N(0, 0.02) timestep MLP, adaLN-Zero zeros."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+                m.reset_parameters()
+        for lin in (self.t_embed[0], self.t_embed[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        zero = [self.t_mod, self.final.mod, self.final.out]
+        for blk in self.blocks:
+            nn.init.zeros_(blk.mod_table)
+            zero.append(blk.cross.proj)
+        for lin in zero:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ------------------------------------------------------------ conditioning
+
+    def conditioning(self, t: Tensor, pooled: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-token conditioning vector c (B, L, D) and shared modulation (B, L, 6, D).
+
+        t: (B, L) per-token time; pooled: (B or 1, L or 1, D) projected caption vector or None.
+        """
+        c = self.t_embed(timestep_features(t, self.config.freq_dim).to(self.x_embed.weight.dtype))  # (B, L, D)
+        if pooled is not None:
+            c = c + pooled
+        mod = rearrange(self.t_mod(F.silu(c)), "b l (six d) -> b l six d", six=6)  # (B, L, 6, D)
+        return c, mod
+
+    def _text_and_masks(
+        self, text: Tensor, text_mask: Tensor, B: int, L: int, doc_ids: Tensor | None, text_doc: Tensor | None
+    ) -> tuple[Tensor, AttentionMasks, Tensor | None]:
+        """Caption keys, attention masks and per-token pooled caption vectors for one forward."""
+        Bt, Lt, _ = text.shape
+        dev = text.device
+        text = self.text_norm(text)  # (Bt, Lt, Dt)
+        ctx = self.text_embed(text)  # (Bt, Lt, D)
+        pooled = None
+        if self.text_pool is not None:
+            w = text_mask.to(text.dtype)[..., None]  # (Bt, Lt, 1)
+            mean = (text * w).sum(1) / w.sum(1).clamp(min=1)  # (Bt, Dt) over real tokens
+            pooled = self.text_pool(mean)  # (Bt, D)
+
+        if doc_ids is None:  # one sample a row: row b reads caption text_doc[b]
+            rows = text_doc if text_doc is not None else torch.arange(B, device=dev)
+            if rows.shape != (B,) or (text_doc is None and Bt != B):
+                raise KinemaError(
+                    f"{B} token rows need {B} captions or a text_doc of {B} caption indices; got {Bt} captions"
+                )
+            self_mask = None
+            cross_mask = text_mask[rows][:, None, None, :]  # (B, 1, 1, Lt)
+            pooled_tok = pooled[rows][:, None, :] if pooled is not None else None  # (B, 1, D)
+            return ctx[rows], AttentionMasks(self_mask, cross_mask), pooled_tok
+
+        # packed: B = 1, token i belongs to sample doc_ids[i] (-1: padding) and reads the caption
+        # text_doc[doc_ids[i]]; the caption keys of every row are laid side by side
+        if B != 1 or doc_ids.shape != (L,):
+            raise KinemaError(f"a packed sequence has tokens (1, L) and doc_ids (L,); got B = {B}, doc_ids {tuple(doc_ids.shape)}")
+        rows = text_doc if text_doc is not None else torch.arange(Bt, device=dev)
+        text_row = rows[doc_ids.clamp(min=0)]  # (L,) caption row of each token
+        key_row = torch.arange(Bt, device=dev).repeat_interleave(Lt)  # (K,) K = Bt * Lt
+        key_ok = text_mask.reshape(-1)  # (K,)
+        context = rearrange(ctx, "bt lt d -> 1 (bt lt) d")  # (1, K, D)
+        pooled_tok = pooled[text_row][None] if pooled is not None else None  # (1, L, D)
+        # torch has no flex-attention backward on a CPU: there, training uses the SDPA masks
+        # (same result), and flex serves inference
+        if self.attention == "flex" and not (dev.type == "cpu" and torch.is_grad_enabled()):
+
+            def same_doc(b, h, q, kv):
+                return doc_ids[q] == doc_ids[kv]
+
+            def own_caption(b, h, q, kv):
+                return (text_row[q] == key_row[kv]) & key_ok[kv]
+
+            masks = AttentionMasks(
+                _block_mask(same_doc, L, L, doc_ids.device), _block_mask(own_caption, L, Bt * Lt, dev)
+            )
+        else:
+            self_mask = (doc_ids[:, None] == doc_ids[None, :])[None, None]  # (1, 1, L, L)
+            cross_mask = ((text_row[:, None] == key_row[None, :]) & key_ok[None, :])[None, None]  # (1, 1, L, K)
+            masks = AttentionMasks(self_mask, cross_mask)
+        return context, masks, pooled_tok
+
+    # ------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        t: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        doc_ids: Tensor | None = None,
+        text_doc: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the velocity v of every token.
+
+        tokens:    (B, L, C*pt*ph*pw) noisy patch tokens (x_t); B = 1 for a packed sequence
+        positions: (L, 3) or (B, L, 3) integer (t, h, w) of each token within its sample
+        t:         (B, L) per-token time in [0, 1], 0 = clean (conditioning tokens), or (B,) per row
+        text:      (B_text, L_text, text_dim) caption tokens from a TextEncoder
+        text_mask: (B_text, L_text) bool, True on real caption tokens (each row needs at least one)
+        doc_ids:   (L,) long, sample index of each token of a packed sequence (-1: padding),
+                   see `patches.pack`; None: each of the B rows is one sample
+        text_doc:  (S,) long, caption row of each sample (packed) or of each row (unpacked);
+                   None: sample i reads caption i
+        returns:   (B, L, C*pt*ph*pw) velocity, same shape as tokens
+        """
+        B, L, _ = tokens.shape
+        cfg = self.config
+        if t.ndim == 1:
+            t = t[:, None].expand(B, L)  # (B, L)
+        if t.shape != (B, L):
+            raise KinemaError(f"t must be (B, L) = {(B, L)} or (B,); got {tuple(t.shape)}")
+        if positions.shape[-2:] != (L, 3):
+            raise KinemaError(f"positions must be (L, 3) or (B, L, 3) with L = {L}; got {tuple(positions.shape)}")
+        if text.shape[:2] != text_mask.shape or text.shape[-1] != cfg.text_dim:
+            raise KinemaError(
+                f"text must be (B_text, L_text, {cfg.text_dim}) with a (B_text, L_text) mask; "
+                f"got {tuple(text.shape)} and {tuple(text_mask.shape)}"
+            )
+        text_mask = text_mask.bool()
+
+        x = self.x_embed(tokens)  # (B, L, D)
+        context, masks, pooled = self._text_and_masks(text, text_mask, B, L, doc_ids, text_doc)
+        c, mod = self.conditioning(t, pooled)  # (B, L, D), (B, L, 6, D)
+        cos, sin = rope_angles(positions, cfg.rope_split, cfg.rope_theta)  # (L or B L, d/2)
+        if cos.ndim == 2:
+            cos, sin = cos[None, None], sin[None, None]  # (1, 1, L, d/2)
+        else:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, d/2)
+
+        for block in self.blocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, mod, cos, sin, context, masks, use_reentrant=False)
+            else:
+                x = block(x, mod, cos, sin, context, masks)  # (B, L, D)
+        return self.final(x, c)  # (B, L, C*pt*ph*pw)
+
+    # ------------------------------------------------------------ sizes
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int, text_len: int) -> float:
+        """Forward FLOPs per token; see DiTConfig.flops_per_token."""
+        return self.config.flops_per_token(seq_len, text_len)
