@@ -5,7 +5,7 @@
     parse(caption)             -> the spec again: parse(caption(spec)) == spec for every valid spec
     spec_from_prompt(p, seed)  -> a full spec: what the prompt says, the rest drawn from the seed;
                                   a full caption leaves nothing open, so it reads to its own spec
-                                  (`scene_from_text` is this, named for callers holding either)
+
     expand(p, seed)            -> caption(spec_from_prompt(p, seed)): the report's "turn short
                                   prompts into detailed captions", done by a grammar
 
@@ -113,7 +113,7 @@ from kinema.world.spec import (
     SceneSpec,
 )
 
-__all__ = ["caption", "short_prompt", "parse", "expand", "spec_from_prompt", "scene_from_text"]
+__all__ = ["caption", "short_prompt", "parse", "expand", "spec_from_prompt"]
 
 # ---------------------------------------------------------------- words to write
 
@@ -740,11 +740,6 @@ def spec_from_prompt(short_prompt: str, seed: int = 0) -> SceneSpec:
 def expand(short_prompt: str, seed: int = 0) -> str:
     """A detailed caption for a short prompt: `caption(spec_from_prompt(short_prompt, seed))`."""
     return caption(spec_from_prompt(short_prompt, seed))
-
-
-def scene_from_text(text: str, seed: int = 0) -> SceneSpec:
-    """A short prompt or a full caption (which leaves nothing to the seed) -> its spec."""
-    return spec_from_prompt(text, seed)
 
 
 def _check_count(draft: _Draft, text: str) -> None:
