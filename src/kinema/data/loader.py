@@ -1,0 +1,390 @@
+"""Packed training batches from the latent cache (`ShardDataset`) or from Kinema World rendered on
+the fly (`WorldStream`): the same `Batch`es, the same order rules.
+
+    data = ShardDataset("latents/", token_budget=4096, seed=0, rank=r, world_size=W)
+    for batch in data.next_batches(8):          # this rank's share of the next 8 global sequences
+        batch.packed, batch.captions            # Packed (1, L <= 4096, D), one caption a sample
+
+Order. Epoch e shuffles the samples with a generator seeded by (seed, e), cuts the order into
+windows of `window` samples, packs each window into sequences of at most `token_budget` tokens
+(`pack_by_budget`), then shuffles the sequences (seeded by (seed, e) too). Concatenating the
+epochs numbers every sequence with a global index g = 0, 1, 2, ...; the order depends only on
+(seed, the data, budget, window), never on the number of ranks.
+
+Ranks. A training step takes the next G sequences, g in [p, p + G); rank r gets those with
+g = r (mod W). One process (W = 1) gets all G, so a 1-process run and a W-rank run see the same
+samples at every step. The state is one integer, `position` = p, the number of global
+sequences handed out, saved in a checkpoint and restored with `load_state_dict`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kinema.errors import KinemaError
+from kinema.patches import DEFAULT_PATCH, Packed, Patch, num_tokens, pack, pack_by_budget
+
+
+@dataclass
+class Batch:
+    """One packed sequence: the unit of a micro-batch.
+
+    packed:   the latents, packed (tokens (1, L, D), positions, doc ids, grids)
+    captions: one caption a sample
+    text:     precomputed caption embeddings [(L_i, D)] one a sample (frozen external text
+              encoder), or None (the captions are encoded during training)
+    ids:      the sample ids (index into the dataset, or the world clip number)
+    index:    the global sequence index g (seeds this sequence's noise and timesteps)
+    """
+
+    packed: Packed
+    captions: list[str]
+    text: list[Tensor] | None
+    ids: list[int]
+    index: int
+
+    @property
+    def num_tokens(self) -> int:
+        """Real tokens (padding excluded)."""
+        return int(self.packed.cu_seqlens[-1])
+
+
+def seeded(*key: int | str) -> torch.Generator:
+    """A CPU generator seeded by a hash of `key`: independent streams for (seed, epoch), (seed, g)..."""
+    digest = hashlib.blake2b(":".join(map(str, key)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+class PackedSequences:
+    """The order, packing and rank split shared by every source (see the module docstring).
+
+    A source defines `epoch_ids(epoch)` (the samples of an epoch, in order), `tokens(i)` (the
+    token count of sample i) and `load(i)` -> (latent (C, T, H, W), caption, text or None).
+    """
+
+    def __init__(
+        self,
+        token_budget: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        patch: Patch = DEFAULT_PATCH,
+        window: int = 256,
+        pad: bool = False,
+    ):
+        if token_budget < 1:
+            raise KinemaError(f"token_budget must be positive; got {token_budget}")
+        if not 0 <= rank < world_size:
+            raise KinemaError(f"rank {rank} is not in [0, world_size = {world_size})")
+        if window < 1:
+            raise KinemaError(f"window must be >= 1; got {window}")
+        self.token_budget = int(token_budget)
+        self.seed = int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.patch = tuple(patch)
+        self.window = int(window)
+        self.pad = bool(pad)
+        self.position = 0
+        self._starts = [0]  # global index of the first sequence of epochs 0, 1, ...
+        self._epochs: OrderedDict[int, list[list[int]]] = OrderedDict()
+
+    # ------------------------------------------------------------ the source
+
+    def epoch_ids(self, epoch: int) -> list[int]:
+        raise NotImplementedError
+
+    def tokens(self, i: int) -> int:
+        raise NotImplementedError
+
+    def load(self, i: int) -> tuple[Tensor, str, Tensor | None]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ order
+
+    def epoch_sequences(self, epoch: int) -> list[list[int]]:
+        """The sequences of an epoch, each a list of sample ids, in training order."""
+        if epoch in self._epochs:
+            self._epochs.move_to_end(epoch)
+            return self._epochs[epoch]
+        ids = [i for i in self.epoch_ids(epoch) if self.tokens(i) <= self.token_budget]
+        seqs = []
+        for w in range(0, len(ids), self.window):
+            chunk = ids[w : w + self.window]
+            for group in pack_by_budget([self.tokens(i) for i in chunk], self.token_budget):
+                seqs.append([chunk[j] for j in group])
+        order = torch.randperm(len(seqs), generator=seeded(self.seed, epoch, "sequences")).tolist()
+        seqs = [seqs[j] for j in order]
+        self._epochs[epoch] = seqs
+        while len(self._epochs) > 2:
+            self._epochs.popitem(last=False)
+        return seqs
+
+    def locate(self, g: int) -> tuple[int, int]:
+        """(epoch, index in the epoch) of global sequence g."""
+        if g < 0:
+            raise KinemaError(f"sequence index must be >= 0; got {g}")
+        while self._starts[-1] <= g:
+            e = len(self._starts) - 1
+            n = len(self.epoch_sequences(e))
+            if n == 0:
+                raise KinemaError(f"no sample fits the token budget {self.token_budget}; raise it or crop the data")
+            self._starts.append(self._starts[-1] + n)
+        e = bisect.bisect_right(self._starts, g) - 1
+        return e, g - self._starts[e]
+
+    def sequence(self, g: int) -> Batch:
+        """Load and pack global sequence g."""
+        e, j = self.locate(g)
+        ids = self.epoch_sequences(e)[j]
+        latents, captions, texts = [], [], []
+        for i in ids:
+            z, caption, text = self.load(i)
+            latents.append(z)
+            captions.append(caption)
+            texts.append(text)
+        packed = pack(latents, self.patch, pad_to=self.token_budget if self.pad else None)
+        text = None if any(t is None for t in texts) else texts
+        return Batch(packed, captions, text, list(ids), g)
+
+    # ------------------------------------------------------------ this rank's batches
+
+    def next_batches(self, count: int) -> list[Batch]:
+        """This rank's share of the next `count` global sequences (count / world_size of them)."""
+        if count % self.world_size:
+            raise KinemaError(f"{count} sequences a step do not split evenly over {self.world_size} ranks")
+        start, self.position = self.position, self.position + count
+        return [self.sequence(g) for g in range(start + self.rank, start + count, self.world_size)]
+
+    def __iter__(self) -> Iterator[Batch]:
+        """One batch of this rank per round of world_size global sequences, endlessly."""
+        while True:
+            yield from self.next_batches(self.world_size)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = int(state["position"])
+
+
+# ---------------------------------------------------------------- the latent cache
+
+
+class ShardDataset(PackedSequences):
+    """Clips encoded by `kinema data encode` (see kinema.data.cache), packed by token budget.
+
+    Samples larger than the budget are left out, with a warning; `skipped` lists them.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        token_budget: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        patch: Patch = DEFAULT_PATCH,
+        window: int = 256,
+        pad: bool = False,
+    ):
+        from kinema.data.cache import INDEX
+
+        super().__init__(token_budget, seed, rank, world_size, patch, window, pad)
+        self.root = Path(root)
+        index_file = self.root / INDEX
+        if not index_file.is_file():
+            raise KinemaError(
+                f"no latent cache in {self.root} (no {INDEX}); make one with "
+                f"`kinema data encode --manifest M --vae V --out {self.root}`"
+            )
+        index = json.loads(index_file.read_text())
+        self.settings: dict = index.get("settings", {})
+        self.items: list[dict] = [{**item, "file": s["file"]} for s in index["shards"] for item in s["items"]]
+        if not self.items:
+            raise KinemaError(f"the latent cache in {self.root} holds no clips")
+        try:
+            self._tokens = [num_tokens(item["latent"], self.patch) for item in self.items]
+        except KinemaError as e:
+            raise KinemaError(f"{self.root}: a cached latent does not fit patch {self.patch}: {e}") from None
+        self.skipped = [i for i, n in enumerate(self._tokens) if n > self.token_budget]
+        if self.skipped:
+            warnings.warn(
+                f"{len(self.skipped)} of {len(self.items)} cached clips have more tokens than the budget "
+                f"{self.token_budget} (largest {max(self._tokens)}) and are left out; raise the budget or "
+                "re-encode with --max-size / --max-frames",
+                stacklevel=2,
+            )
+        self._files: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def captions(self) -> list[str]:
+        return [item.get("caption", "") for item in self.items]
+
+    @property
+    def text_dim(self) -> int | None:
+        """Width of the stored caption embeddings, or None when only captions are stored."""
+        return self.settings.get("text_dim") if self.settings.get("embeddings") else None
+
+    def null_text(self) -> Tensor:
+        """The empty caption's embedding (L, D), for caption dropout with stored embeddings."""
+        from safetensors.torch import load_file
+
+        from kinema.data.cache import NULL_TEXT
+
+        path = self.root / NULL_TEXT
+        if not path.is_file():
+            raise KinemaError(f"{self.root} has no {NULL_TEXT}: it was encoded without a frozen text encoder")
+        return load_file(str(path))["text"].float()
+
+    def epoch_ids(self, epoch: int) -> list[int]:
+        return torch.randperm(len(self.items), generator=seeded(self.seed, epoch, "samples")).tolist()
+
+    def tokens(self, i: int) -> int:
+        return self._tokens[i]
+
+    def load(self, i: int) -> tuple[Tensor, str, Tensor | None]:
+        from safetensors import safe_open
+
+        item = self.items[i]
+        f = self._files.get(item["file"])
+        if f is None:
+            f = self._files[item["file"]] = safe_open(str(self.root / item["file"]), framework="pt")
+        latent = f.get_tensor(item["key"]).float()
+        text = f.get_tensor(item["text"]).float() if item.get("text") else None
+        return latent, item.get("caption", ""), text
+
+
+# ---------------------------------------------------------------- Kinema World on the fly
+
+
+def world_captions(count: int = 300, seed: int = 0) -> list[str]:
+    """Captions and short prompts of `count` random world scenes: enough text for the vocabulary
+    of a builtin text encoder trained on Kinema World (the grammar's words saturate by ~100)."""
+    from kinema.world import text
+    from kinema.world.render import random_spec
+
+    out = []
+    for i in range(count):
+        spec = random_spec(np.random.default_rng([seed, i, 7]))
+        out += [text.caption(spec), text.short_prompt(spec)]
+    return out
+
+
+class WorldStream(PackedSequences):
+    """Kinema World clips rendered, VAE-encoded and packed on the fly: the same batches as
+    `ShardDataset`, without a cache.
+
+    Clip i depends only on (seed, i): scene, size, duration and fps from `clip_plan`, and with
+    probability `image_prob` it is a single frame (an image) picked from the clip. Frames are
+    trimmed to 1 + 4k and cut further so that a clip fits the token budget.
+
+    clips = None (endless): epoch e is clips [e epoch_size, (e + 1) epoch_size), new clips every
+    epoch, so the stream never repeats. clips = N: a fixed world of N clips, reshuffled every
+    epoch like a ShardDataset; `cache` then keeps their latents in memory after the first use.
+    Rendering and encoding run in this process, on the VAE's device.
+    """
+
+    def __init__(
+        self,
+        vae,
+        token_budget: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        patch: Patch = DEFAULT_PATCH,
+        window: int = 64,
+        pad: bool = False,
+        min_side: int = 64,
+        max_side: int = 128,
+        min_seconds: float = 0.5,
+        max_seconds: float = 2.0,
+        fps_choices: Sequence[float] = (8.0, 12.0),
+        max_frames: int | None = None,
+        image_prob: float = 0.2,
+        epoch_size: int = 1024,
+        clips: int | None = None,
+        cache: bool = False,
+    ):
+        super().__init__(token_budget, seed, rank, world_size, patch, window, pad)
+        if not 0 <= image_prob <= 1:
+            raise KinemaError(f"image_prob must be in [0, 1]; got {image_prob}")
+        if epoch_size < 1 or (clips is not None and clips < 1):
+            raise KinemaError(f"epoch_size and clips must be >= 1; got {epoch_size}, {clips}")
+        self.vae = vae
+        self.knobs = dict(min_side=int(min_side), max_side=int(max_side), min_seconds=float(min_seconds),
+                          max_seconds=float(max_seconds), fps_choices=tuple(float(f) for f in fps_choices))  # fmt: skip
+        self.max_frames = max_frames
+        self.image_prob = float(image_prob)
+        self.epoch_size = int(epoch_size)
+        self.clips = clips
+        self.cache: dict[int, tuple[Tensor, str, None]] | None = {} if cache else None
+        self._plans: OrderedDict[int, dict] = OrderedDict()
+        self.plan(0)  # check the knobs now
+
+    def plan(self, i: int) -> dict:
+        """Clip i: clip_plan's spec, size, fps and seed, plus frames, image frame and tokens."""
+        from kinema.world.dataset import clip_plan
+
+        if i in self._plans:
+            return self._plans[i]
+        p = clip_plan(i, seed=self.seed, **self.knobs)
+        cfg = self.vae.config
+        f, s = cfg.temporal_factor, cfg.spatial_factor
+        n = max(1, round(p["seconds"] * p["fps"]))
+        if self.max_frames is not None:
+            n = min(n, self.max_frames)
+        rng = np.random.default_rng([self.seed, i, 1])
+        image_frame = int(rng.integers(n)) if rng.random() < self.image_prob else None
+        per_frame = num_tokens((1, p["height"] // s, p["width"] // s), self.patch)  # tokens a latent frame
+        fit = max(0, self.token_budget // per_frame)  # latent frames that fit the budget
+        latent_frames = 1 if image_frame is not None else min(1 + (n - 1) // f, fit)
+        p.update(frames=n, image_frame=image_frame, latent_frames=latent_frames,
+                 tokens=per_frame * max(latent_frames, 1) if fit else self.token_budget + 1)  # fmt: skip
+        self._plans[i] = p
+        while len(self._plans) > 2 * (self.clips or self.epoch_size):  # the plans of about two epochs
+            self._plans.popitem(last=False)
+        return p
+
+    def epoch_ids(self, epoch: int) -> list[int]:
+        if self.clips is not None:
+            return torch.randperm(self.clips, generator=seeded(self.seed, epoch, "samples")).tolist()
+        return list(range(epoch * self.epoch_size, (epoch + 1) * self.epoch_size))
+
+    def tokens(self, i: int) -> int:
+        return self.plan(i)["tokens"]
+
+    def load(self, i: int) -> tuple[Tensor, str, Tensor | None]:
+        from kinema.data.cache import encode_frames
+        from kinema.world.render import render
+
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        p = self.plan(i)
+        f = self.vae.config.temporal_factor
+        if p["image_frame"] is not None:
+            n = p["image_frame"] + 1
+            clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
+            frames = torch.from_numpy(clip.frames[-1:])  # (1, H, W, 3)
+        else:
+            n = 1 + f * (p["latent_frames"] - 1)
+            clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
+            frames = torch.from_numpy(clip.frames)  # (n, H, W, 3)
+        out = (encode_frames(self.vae, frames), clip.caption, None)
+        if self.cache is not None:
+            self.cache[i] = out
+        return out

@@ -1,0 +1,243 @@
+"""What every training run shares: processes, checkpoints, EMA and logging.
+
+One process on a CPU and `torchrun --nproc_per_node N` run the same code: `init_distributed`
+reads torchrun's environment and falls back to a single process without a process group.
+
+Checkpoints are folders `step-000100/` under the run folder, written by
+torch.distributed.checkpoint (each rank writes its own shards) into `step-000100.tmp/` and
+renamed when every rank is done, so a crash never leaves a half checkpoint that looks whole.
+Each rank's RNG state sits beside the shards as safetensors; `latest` names the newest step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from kinema.errors import KinemaError
+
+
+# ---------------------------------------------------------------- processes
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Join torchrun's process group when there is one (nccl on CUDA, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world_size, local_rank, dev)
+
+
+def barrier(d: Dist) -> None:
+    if d.distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Mean of a tensor over ranks (a copy; the input is left alone)."""
+    value = value.detach().clone()
+    if d.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= d.world_size
+    return value
+
+
+def shutdown(d: Dist) -> None:
+    if d.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- RNG
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    """Every random state a step uses: torch's global CPU (and CUDA) state and named generators."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    for name, g in generators.items():
+        state[f"gen.{name}"] = g.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    for name, g in generators.items():
+        g.set_state(state[f"gen.{name}"])
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:06d}"
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under a run folder, or None."""
+    marker = Path(root) / "latest"
+    if not marker.exists():
+        return None
+    path = Path(root) / marker.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    state: dict,
+    meta: dict,
+    d: Dist,
+    generators: dict[str, torch.Generator] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write `state` (model / optimizer / EMA state dicts, sharded or not) as checkpoint `step`.
+
+    `meta` (JSON: step, data position, config) is written by rank 0. Older checkpoints beyond
+    `keep` are removed once the new one is complete.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    root = Path(root)
+    final = _step_dir(root, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if d.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(d)
+    with warnings.catch_warnings():  # one process: DCP warns that it assumes one process
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(state, checkpoint_id=str(tmp), no_dist=not d.distributed)
+    save_file(rng_state(generators or {}), str(tmp / f"rng-rank{d.rank}.safetensors"))
+    barrier(d)
+    if d.is_main:
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "world_size": d.world_size}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        marker_tmp = root / "latest.tmp"
+        marker_tmp.write_text(final.name)
+        os.replace(marker_tmp, root / "latest")
+        old = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for p in old[:-keep] if keep > 0 else []:
+            shutil.rmtree(p, ignore_errors=True)
+    barrier(d)
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    state: dict,
+    d: Dist,
+    generators: dict[str, torch.Generator] | None = None,
+) -> dict:
+    """Load a checkpoint into `state` in place (and the RNG states); return its meta."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.exists():
+        raise KinemaError(f"{path} is not a complete checkpoint (no meta.json)")
+    meta = json.loads(meta_file.read_text())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path), no_dist=not d.distributed)
+    rng_file = path / f"rng-rank{d.rank}.safetensors"
+    if meta.get("world_size") == d.world_size and rng_file.exists():
+        set_rng_state(load_file(str(rng_file)), generators or {})
+    return meta
+
+
+# ---------------------------------------------------------------- EMA
+
+class EMA:
+    """Exponential moving average of a model's parameters (works on FSDP2 shards too)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        params = dict(model.named_parameters())
+        names = list(self.shadow)
+        torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names], 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for n, v in state.items():
+            self.shadow[n].copy_(v)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for n, p in model.named_parameters():
+            p.copy_(self.shadow[n])
+
+
+# ---------------------------------------------------------------- logging
+
+class Logger:
+    """TensorBoard scalars and a progress bar on rank 0; silent elsewhere."""
+
+    def __init__(self, run_dir: Path, d: Dist, total: int, initial: int = 0, desc: str = "train"):
+        self.enabled = d.is_main
+        self.writer = None
+        self.bar = None
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
+            except ImportError:  # tensorboard is optional
+                self.writer = None
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,660 @@
+"""Train the DiT with rectified flow: one script from one CPU process to `torchrun` on many GPUs.
+
+    kinema train dit runs/world --set vae=weights/vae --set steps=2000
+    torchrun --nproc_per_node 8 -m kinema.cli train dit runs/big --set data=latents/ --set model=xl_1b
+
+    train_dit("runs/world", DiTTrainConfig(vae="weights/vae", steps=2000))   # the same, from Python
+
+The run folder holds config.json (the `DiTTrainConfig`), vocab.json (the builtin text encoder's
+words), tb/ (TensorBoard), metrics.jsonl (one row a step), checkpoints/step-NNNNNN/ and, at the
+end, export/ (inference weights). Running the same command again resumes from the latest
+checkpoint, exactly: model, optimizer, EMA, data position and RNG are restored, and the
+following losses are those of an unbroken run.
+
+One step (global batch semantics):
+  1. The data hands out the next G = sequences_per_step packed sequences (`kinema.data`); with W
+     ranks, rank r takes those with index g = r (mod W) and runs them as G / W micro-batches.
+  2. Everything random about sequence g (caption dropout, t, condition masks, noise) comes from
+     a generator seeded by (seed, g), so it does not depend on which rank runs it.
+  3. The loss is the mean squared velocity error over every loss token of the G sequences, on
+     all ranks together: each micro-batch's summed error is divided by the global count of loss
+     tokens (all-reduced before the backward passes), so one process accumulating G micro-batches
+     and W ranks running G / W each compute the same gradient. FSDP averages gradients over
+     ranks, so each rank scales its part by W.
+  4. Gradient clipping, AdamW, EMA.
+
+Scaling: with W > 1 every DiT block (and every text encoder layer), then the root, is sharded
+with FSDP2 (`fully_shard`); on a GPU parameters are cast to bf16 for compute (fp32 master weights
+and gradient reduction) and the forward runs under bf16 autocast. `checkpointing` recomputes
+each block in the backward pass.
+
+The builtin text encoder is part of the trained model (its weights are in the checkpoint and
+the export); a frozen `hf:DIR` encoder is not, and its embeddings can come from the latent cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import types
+import typing
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kinema.data.cache import write_json
+from kinema.dit import PRESETS, DiT, DiTConfig
+from kinema.errors import KinemaError
+from kinema.flow import DEFAULT_CONDITION_PROBS, draw_condition_mask, interpolate, pin_conditions, training_t, velocity
+from kinema.text.encoder import SPECIALS, BuiltinTextEncoder, TextEncoderConfig, WordTokenizer, drop_captions
+from kinema.train.common import (
+    EMA,
+    Dist,
+    Logger,
+    barrier,
+    init_distributed,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    shutdown,
+)
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class DiTTrainConfig:
+    """Every knob of a DiT run; saved as the run folder's config.json.
+
+    Model:  model (a DiTConfig preset: tiny, small, b, l, xl_1b, xl_3b) with optional hidden /
+            depth / heads overrides; attention (sdpa | flex); checkpointing (recompute blocks)
+    Text:   text_encoder: builtin (trained jointly, text_dim / text_depth / text_heads) or hf:DIR
+            (frozen); caption_dropout: probability of the empty caption (classifier-free guidance)
+    Data:   data: "world" (Kinema World rendered and encoded on the fly with `vae`, clips sized by
+            the world_* knobs; world_clips = N > 0 makes it a fixed world of N clips, world_cache
+            keeps their latents in memory) or a latent cache folder from `kinema data encode`;
+            token_budget: tokens a packed sequence; sequences_per_step: G, the global batch in
+            sequences (a multiple of the number of ranks); condition_probs: frame-conditioning mix
+    Optim:  AdamW (lr, betas, weight_decay), linear warmup, then constant, or cosine down to
+            min_lr by decay_steps when decay_steps > 0; grad_clip; ema_decay
+    Run:    steps, seed, device (auto | cpu | cuda), checkpoint_every, keep_checkpoints
+    """
+
+    model: str = "tiny"
+    hidden: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    attention: str = "sdpa"
+    checkpointing: bool = False
+
+    text_encoder: str = "builtin"
+    text_dim: int = 256
+    text_depth: int = 2
+    text_heads: int = 4
+    caption_dropout: float = 0.1
+
+    data: str = "world"
+    vae: str = ""
+    token_budget: int = 1024
+    sequences_per_step: int = 1
+    pack_window: int = 256
+    pad_to_budget: bool = False
+    world_min_side: int = 64
+    world_max_side: int = 128
+    world_min_seconds: float = 0.5
+    world_max_seconds: float = 2.0
+    world_fps: tuple[float, ...] = (8.0, 12.0)
+    world_max_frames: int | None = None
+    world_image_prob: float = 0.2
+    world_epoch_size: int = 1024
+    world_clips: int = 0
+    world_cache: bool = False
+    condition_probs: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONDITION_PROBS))
+
+    steps: int = 1000
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup: int = 100
+    decay_steps: int = 0
+    min_lr: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        problems = []
+        if self.model not in PRESETS:
+            problems.append(f"model {self.model!r} is not a preset ({', '.join(PRESETS)})")
+        if self.attention not in ("sdpa", "flex"):
+            problems.append(f"attention must be sdpa or flex, not {self.attention!r}")
+        if not (self.text_encoder == "builtin" or self.text_encoder.startswith("hf:")):
+            problems.append(f"text_encoder must be builtin or hf:DIR, not {self.text_encoder!r}")
+        if not 0 <= self.caption_dropout < 1:
+            problems.append(f"caption_dropout must be in [0, 1); got {self.caption_dropout}")
+        if self.data == "world" and not self.vae:
+            problems.append("data=world needs a VAE to encode the clips: set vae=DIR_OR_NAME")
+        for name in ("token_budget", "sequences_per_step", "pack_window", "steps", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup < 0 or self.grad_clip < 0 or not 0 <= self.ema_decay < 1:
+            problems.append("need lr > 0, warmup >= 0, grad_clip >= 0 (0: off) and 0 <= ema_decay < 1")
+        if problems:
+            raise KinemaError("bad DiT training config: " + "; ".join(problems))
+
+    def dit_config(self, text_dim: int) -> DiTConfig:
+        over = {k: getattr(self, k) for k in ("hidden", "depth", "heads") if getattr(self, k) is not None}
+        return PRESETS[self.model](text_dim=text_dim, **over)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiTTrainConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise KinemaError(f"unknown DiT training keys {unknown}; known keys: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for k, v in d.items():
+            if typing.get_origin(hints[k]) is tuple and isinstance(v, list):
+                v = tuple(v)
+            out[k] = v
+        return cls(**out)
+
+    @classmethod
+    def from_strings(cls, items: dict[str, str], base: dict | None = None) -> DiTTrainConfig:
+        """A config from `base` (a config.json dict; default: the defaults) with fields set from
+        strings, as the command line gives them: lr=1e-3, world_fps=8,12, hidden=none, ..."""
+        hints = typing.get_type_hints(cls)
+        values = dict(base or {})
+        for key, text in items.items():
+            if key not in hints:
+                raise KinemaError(f"unknown setting {key!r}; known: {', '.join(f.name for f in fields(cls))}")
+            values[key] = _parse(key, text, hints[key])
+        return cls.from_dict(values)
+
+
+def _parse(key: str, text: str, kind) -> object:
+    args = typing.get_args(kind)
+    origin = typing.get_origin(kind)
+    try:
+        if origin in (typing.Union, types.UnionType):  # X | None
+            if text.strip().lower() in ("none", "null", ""):
+                return None
+            return _parse(key, text, next(a for a in args if a is not type(None)))
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind in (int, float, str):
+            return kind(text)
+        if origin is tuple:
+            values = json.loads(text) if text.strip().startswith("[") else text.split(",")
+            return tuple(_parse(key, str(v), args[0]) for v in values)
+        if origin is dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError("expected a JSON object")
+            return {str(k): float(v) for k, v in value.items()}
+    except (ValueError, StopIteration) as e:
+        raise KinemaError(f"cannot read {key}={text!r}: {e}") from None
+    raise KinemaError(f"cannot set {key} from the command line")
+
+
+# ---------------------------------------------------------------- the trained model
+
+
+class FlowModel(nn.Module):
+    """What a run trains: the DiT and, when it trains jointly, the builtin text encoder.
+
+    One forward for both, so that FSDP2's root hooks gather the root's parameters (patch and
+    caption embeddings, the text encoder's embedding table) around the whole computation.
+    """
+
+    def __init__(self, dit: DiT, text: BuiltinTextEncoder | None = None):
+        super().__init__()
+        self.dit = dit
+        self.text = text
+
+    def forward(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        t: Tensor,
+        doc_ids: Tensor,
+        captions: list[str] | None = None,
+        text: Tensor | None = None,
+        text_mask: Tensor | None = None,
+    ) -> Tensor:
+        if captions is not None:
+            text, text_mask = self.text(captions)  # (S, Lt, Dt), (S, Lt)
+        v = self.dit(tokens, positions, t, text, text_mask, doc_ids=doc_ids)  # (1, L, D)
+        return v.clone()  # FSDP2 hooks the root's output; a view there could lose the hook
+
+
+def shard(model: FlowModel, d: Dist) -> None:
+    """FSDP2: each DiT block and text encoder layer its own unit, then the root."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if d.device.type == "cuda" else None
+    kw = {"mp_policy": mp} if mp is not None else {}
+    for block in model.dit.blocks:
+        fully_shard(block, **kw)
+    if model.text is not None:
+        for layer in model.text.layers:
+            fully_shard(layer, **kw)
+    fully_shard(model, **kw)
+
+
+# ---------------------------------------------------------------- MFU
+
+# Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets; first match wins.
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("GB200", 2.5e15),
+    ("B200", 2.25e15),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+)
+
+
+def peak_flops(device: torch.device | None = None) -> float | None:
+    """Peak bf16 FLOP/s of this GPU (KINEMA_PEAK_FLOPS overrides), or None when unknown / CPU."""
+    if os.environ.get("KINEMA_PEAK_FLOPS"):
+        return float(os.environ["KINEMA_PEAK_FLOPS"])
+    if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS if key in name), None)
+
+
+# ---------------------------------------------------------------- one micro-batch
+
+
+@dataclass
+class MicroBatch:
+    """A packed sequence made ready for the model (CPU tensors; see `make_micro_batch`)."""
+
+    x_t: Tensor  # (1, L, D) noisy tokens
+    target: Tensor  # (1, L, D) velocity
+    t: Tensor  # (1, L) per-token time, 0 on conditions and padding
+    loss_mask: Tensor  # (L,) bool
+    positions: Tensor  # (L, 3)
+    doc_ids: Tensor  # (L,)
+    captions: list[str]  # after dropout
+    text: Tensor | None  # (S, Lt, Dt) stored embeddings, or None
+    text_mask: Tensor | None  # (S, Lt)
+    flops: float  # forward FLOPs of the DiT on this sequence
+    tokens: int  # real tokens
+
+
+def make_micro_batch(batch, cfg: DiTTrainConfig, dit_config: DiTConfig, null_text: Tensor | None) -> MicroBatch:
+    """Noise, timesteps, condition masks and caption dropout of one packed sequence.
+
+    Drawn from a generator seeded by (seed, the sequence's global index), in a fixed order, so
+    the result does not depend on the rank or on when it runs. The cache's stored caption
+    embeddings are used when `null_text` (the empty caption's embedding) is given; otherwise the
+    captions are left for the text encoder.
+    """
+    from kinema.data import seeded
+
+    g = seeded(cfg.seed, "sequence", batch.index)
+    packed = batch.packed
+    captions = drop_captions(batch.captions, cfg.caption_dropout, g)
+    sizes = [t * h * w for t, h, w in packed.grids]
+    t_sample = training_t(sizes, g)  # (S,)
+    cond = [draw_condition_mask(grid[0], g, cfg.condition_probs).float() for grid in packed.grids]
+    t_tok, loss_mask = pin_conditions(packed.per_sample(t_sample), packed.per_frame(cond) > 0)  # (L,), (L,)
+    loss_mask = loss_mask & packed.valid
+    x0 = packed.tokens  # (1, L, D)
+    noise = torch.randn(x0.shape, generator=g)
+    text = text_mask = None
+    if batch.text is not None and null_text is not None:  # stored embeddings (frozen encoder); a
+        # dropped caption reads the empty caption's
+        rows = [null_text if c == "" else e for c, e in zip(captions, batch.text, strict=True)]
+        Lt = max(r.shape[0] for r in rows)
+        text = torch.zeros(len(rows), Lt, rows[0].shape[1])
+        text_mask = torch.zeros(len(rows), Lt, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            text[i, : r.shape[0]] = r
+            text_mask[i, : r.shape[0]] = True
+        text_lens = [r.shape[0] for r in rows]
+    else:
+        text_lens = [1 + len(c.split()) for c in captions]  # about one token a word
+    flops = sum(n * dit_config.flops_per_token(n, lt) for n, lt in zip(sizes, text_lens, strict=True))
+    return MicroBatch(
+        x_t=interpolate(x0, noise, t_tok[None]),
+        target=velocity(x0, noise),
+        t=t_tok[None],
+        loss_mask=loss_mask,
+        positions=packed.positions,
+        doc_ids=packed.doc_ids,
+        captions=captions,
+        text=text,
+        text_mask=text_mask,
+        flops=float(flops),
+        tokens=sum(sizes),
+    )
+
+
+def lr_at(step: int, cfg: DiTTrainConfig) -> float:
+    """Learning rate of step `step` (0-based): linear warmup, then constant or cosine decay."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.decay_steps <= cfg.warmup:
+        return cfg.lr
+    p = min(1.0, (step - cfg.warmup) / (cfg.decay_steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * p))
+
+
+# ---------------------------------------------------------------- setting up a run
+
+
+@dataclass
+class Run:
+    """Everything a run holds in memory."""
+
+    cfg: DiTTrainConfig
+    d: Dist
+    root: Path
+    model: FlowModel
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    data: object  # ShardDataset | WorldStream
+    frozen_text: object | None  # a frozen TextEncoder used during training, or None
+    null_text: Tensor | None
+    step: int = 0
+    peak_flops: float | None = None  # of one GPU, for MFU
+
+
+def _all_sum(value: float, d: Dist) -> float:
+    if not d.distributed:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _vocabulary(cfg: DiTTrainConfig, data, root: Path, d: Dist) -> WordTokenizer:
+    """The builtin encoder's words: read from the run folder, or made from the data's captions."""
+    from kinema.data import world_captions
+
+    path = root / "vocab.json"
+    if path.is_file():
+        return WordTokenizer(json.loads(path.read_text())["words"])
+    texts = world_captions() if cfg.data == "world" else data.captions
+    tok = WordTokenizer.from_texts(texts)
+    barrier(d)  # every rank has read the folder before rank 0 writes
+    if d.is_main:
+        write_json(path, {"words": tok.vocab[len(SPECIALS) :]})
+    return tok
+
+
+def _make_data(cfg: DiTTrainConfig, d: Dist, patch):
+    from kinema.data import ShardDataset, WorldStream
+
+    if cfg.data == "world":
+        from kinema.vae import load_vae
+
+        vae = load_vae(cfg.vae, device=d.device)
+        return WorldStream(
+            vae, cfg.token_budget, seed=cfg.seed, rank=d.rank, world_size=d.world_size, patch=patch,
+            window=min(cfg.pack_window, cfg.world_clips or cfg.world_epoch_size), pad=cfg.pad_to_budget,
+            min_side=cfg.world_min_side, max_side=cfg.world_max_side, min_seconds=cfg.world_min_seconds,
+            max_seconds=cfg.world_max_seconds, fps_choices=cfg.world_fps, max_frames=cfg.world_max_frames,
+            image_prob=cfg.world_image_prob, epoch_size=cfg.world_epoch_size,
+            clips=cfg.world_clips or None, cache=cfg.world_cache,
+        )  # fmt: skip
+    return ShardDataset(cfg.data, cfg.token_budget, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
+                        patch=patch, window=cfg.pack_window, pad=cfg.pad_to_budget)  # fmt: skip
+
+
+def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -> Run:
+    """Build (or rebuild, to resume) a run: data, model, optimizer, EMA; load the latest checkpoint."""
+    root = Path(root)
+    d = d or init_distributed(None if cfg.device == "auto" else cfg.device)
+    if cfg.sequences_per_step % d.world_size:
+        raise KinemaError(
+            f"sequences_per_step = {cfg.sequences_per_step} must be a multiple of the number of ranks ({d.world_size})"
+        )
+    if d.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(root / "config.json", cfg.to_dict())
+    barrier(d)
+
+    patch = PRESETS[cfg.model]().patch
+    data = _make_data(cfg, d, patch)
+    frozen_text, null_text = None, None
+    if cfg.text_encoder == "builtin":
+        tok = _vocabulary(cfg, data, root, d)
+        text_dim = cfg.text_dim
+    else:
+        stored = getattr(data, "text_dim", None)
+        if stored is not None:
+            text_dim, null_text = stored, data.null_text()
+        else:
+            from kinema.text import load_text_encoder
+
+            frozen_text = load_text_encoder(cfg.text_encoder, device=d.device)
+            text_dim = frozen_text.dim
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    dit = DiT(cfg.dit_config(text_dim), attention=cfg.attention, checkpointing=cfg.checkpointing)
+    text = None
+    if cfg.text_encoder == "builtin":
+        text = BuiltinTextEncoder(tok, TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads))
+    model = FlowModel(dit, text).to(d.device)
+    if d.distributed:
+        shard(model, d)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    run = Run(cfg, d, root, model, optimizer, EMA(model, cfg.ema_decay), data, frozen_text, null_text,
+              peak_flops=peak_flops(d.device))  # fmt: skip
+
+    ckpt = latest_checkpoint(root / "checkpoints")
+    if ckpt is not None:
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        msd, osd = get_state_dict(model, optimizer)
+        state = {"model": msd, "optim": osd, "ema": run.ema.state_dict()}
+        meta = load_checkpoint(ckpt, state, d)
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        data.load_state_dict({"position": meta["position"]})
+        run.step = int(meta["step"])
+    return run
+
+
+def save(run: Run) -> Path:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(run.model, run.optimizer)
+    state = {"model": msd, "optim": osd, "ema": run.ema.state_dict()}
+    meta = {"position": run.data.position, "config": run.cfg.to_dict()}
+    return save_checkpoint(run.root / "checkpoints", run.step, state, meta, run.d, keep=run.cfg.keep_checkpoints)
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_step(run: Run) -> dict[str, float]:
+    """One optimizer step over the next global batch; returns its metrics (the same on every rank)."""
+    cfg, d, model = run.cfg, run.d, run.model
+    dev = d.device
+    start = time.perf_counter()
+    lr = lr_at(run.step, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    dit_cfg = model.dit.config
+    micro = [make_micro_batch(b, cfg, dit_cfg, run.null_text) for b in run.data.next_batches(cfg.sequences_per_step)]
+    count = _all_sum(float(sum(int(m.loss_mask.sum()) for m in micro)), d)  # loss tokens, all ranks
+    scale = d.world_size / max(count, 1.0)  # FSDP averages over ranks: undo it to get a global mean
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    loss_sum = torch.zeros((), device=dev)
+    for m in micro:
+        captions, text, text_mask = m.captions, m.text, m.text_mask
+        if text is not None:
+            captions, text, text_mask = None, text.to(dev), text_mask.to(dev)
+        elif run.frozen_text is not None:
+            with torch.no_grad():
+                text, text_mask = run.frozen_text(captions)
+            captions = None
+        with autocast:
+            v = model(m.x_t.to(dev), m.positions.to(dev), m.t.to(dev), m.doc_ids.to(dev), captions, text, text_mask)
+        err = (v.float() - m.target.to(dev)).pow(2).mean(dim=-1)[0]  # (L,) per-token squared error
+        part = torch.where(m.loss_mask.to(dev), err, torch.zeros_like(err)).sum()
+        (part * scale).backward()
+        loss_sum += part.detach()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+        norm = norm.full_tensor()
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.ema.update(model)
+    run.step += 1
+    loss = _all_sum(float(loss_sum), d) / max(count, 1.0)
+    tokens = _all_sum(float(sum(m.tokens for m in micro)), d)
+    flops = _all_sum(3.0 * sum(m.flops for m in micro), d)  # forward + backward
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    metrics = dict(loss=loss, grad_norm=float(norm), lr=lr, tokens=tokens, tokens_per_s=tokens / seconds,
+                   step_s=seconds)  # fmt: skip
+    if run.peak_flops:
+        metrics["mfu"] = flops / seconds / (run.peak_flops * d.world_size)
+    return metrics
+
+
+def train_dit(root: str | os.PathLike, cfg: DiTTrainConfig, export: bool = True, progress: bool = True) -> list[dict]:
+    """Train (or resume) the run in `root` up to cfg.steps; export the EMA weights at the end.
+
+    Returns the metrics of the steps this call ran (every rank gets them).
+    """
+    run = setup(root, cfg)
+    d = run.d
+    history = []
+    logger = Logger(run.root, d, total=cfg.steps, initial=run.step, desc="train dit") if progress else None
+    metrics_file = open(run.root / "metrics.jsonl", "a") if d.is_main else None  # noqa: SIM115
+    try:
+        while run.step < cfg.steps:
+            metrics = train_step(run)
+            history.append({"step": run.step, **metrics})
+            if metrics_file is not None:
+                metrics_file.write(json.dumps({"step": run.step, **metrics}) + "\n")
+                metrics_file.flush()
+            if logger is not None:
+                logger.log(run.step, metrics)
+            if not math.isfinite(metrics["loss"]):
+                raise KinemaError(f"the loss is {metrics['loss']} at step {run.step}; lower lr or check the data")
+            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+                save(run)
+        if export:
+            export_weights(run, run.root / "export")
+    finally:
+        if logger is not None:
+            logger.close()
+        if metrics_file is not None:
+            metrics_file.close()
+        shutdown(d)
+    return history
+
+
+# ---------------------------------------------------------------- inference weights
+
+
+DIT_WEIGHTS, DIT_CONFIG, PIPELINE = "dit.safetensors", "dit.json", "pipeline.json"
+
+
+def export_weights(run: Run, out: str | os.PathLike) -> Path:
+    """Write the EMA weights for inference: dit.safetensors + dit.json (DiTConfig), the builtin text
+    encoder's files, and pipeline.json (which VAE and text encoder go with them).
+
+    Under FSDP the full state dict is gathered to rank 0's CPU, which writes the files.
+    """
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    model, d = run.model, run.d
+    out = Path(out)
+    live = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run.ema.copy_to(model)
+    # without FSDP these tensors share storage with the parameters: write them before restoring
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        dit_sd = {k[len("dit.") :]: v.float().contiguous() for k, v in full.items() if k.startswith("dit.")}
+        meta = {"format": "pt", "model": "kinema.dit", "step": str(run.step), "weights": "ema"}
+        tmp = out / f".{DIT_WEIGHTS}.tmp"
+        save_file(dit_sd, str(tmp), metadata=meta)
+        os.replace(tmp, out / DIT_WEIGHTS)
+        write_json(out / DIT_CONFIG, model.dit.config.to_dict())
+        text_spec = run.cfg.text_encoder
+        if model.text is not None:
+            with torch.device("meta"):  # no allocation, no draw from the RNG
+                enc = BuiltinTextEncoder(model.text.tokenizer, model.text.config)
+            text_sd = {k[len("text.") :]: v.float() for k, v in full.items() if k.startswith("text.")}
+            enc.load_state_dict(text_sd, assign=True)
+            enc.save(out)
+            text_spec = "builtin:."
+        vae = run.cfg.vae if run.cfg.data == "world" else run.data.settings.get("vae", "")
+        write_json(out / PIPELINE, {"dit": DIT_WEIGHTS, "dit_config": DIT_CONFIG, "text_encoder": text_spec,
+                                     "vae": vae, "step": run.step})  # fmt: skip
+    barrier(d)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(live[n])
+    return out
+
+
+def export_dit(root: str | os.PathLike, out: str | os.PathLike | None = None, cfg: DiTTrainConfig | None = None) -> Path:
+    """Export the latest checkpoint of a run (its EMA weights) without training."""
+    root = Path(root)
+    if cfg is None:
+        if not (root / "config.json").is_file():
+            raise KinemaError(f"{root} is not a DiT run folder (no config.json)")
+        cfg = DiTTrainConfig.from_dict(json.loads((root / "config.json").read_text()))
+    if latest_checkpoint(root / "checkpoints") is None:
+        raise KinemaError(f"{root} has no checkpoint to export yet")
+    run = setup(root, cfg)
+    try:
+        return export_weights(run, out or root / "export")
+    finally:
+        shutdown(run.d)
+
+
+def load_export(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[DiT, BuiltinTextEncoder | None]:
+    """The DiT (and builtin text encoder, if exported with it) from an export folder, in eval mode."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / DIT_WEIGHTS).is_file() or not (d / DIT_CONFIG).is_file():
+        raise KinemaError(f"no exported DiT in {d}: expected {DIT_WEIGHTS} and {DIT_CONFIG}")
+    dit = DiT(DiTConfig.from_dict(json.loads((d / DIT_CONFIG).read_text())))
+    try:
+        dit.load_state_dict(load_file(str(d / DIT_WEIGHTS)))
+    except RuntimeError as e:
+        raise KinemaError(f"{d / DIT_WEIGHTS} does not match {d / DIT_CONFIG}: {e}") from None
+    text = BuiltinTextEncoder.load(d) if (d / BuiltinTextEncoder.VOCAB).is_file() else None
+    dit = dit.to(device).eval()
+    return dit, (text.to(device).eval() if text is not None else None)
