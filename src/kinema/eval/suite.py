@@ -1,0 +1,351 @@
+"""The world benchmark: a fixed suite of prompts, the sources that answer them, the runner, and
+the calibration of the judge against real renders (the ceiling) and trivial baselines (floors).
+
+    results = run(source("real"), SUITES["quick"]())       # one ClipResult a case
+    totals = aggregate(results)                             # metric -> mean over the clips it applies to
+    print(calibration_table(calibrate("quick")))
+
+A source is anything that turns a prompt into frames: `ClipSource(prompt, width, height,
+seconds, fps, seed) -> (T, H, W, 3) uint8`. Prompts are full world captions, so the scene asked
+is exactly `kinema.world.text.parse(prompt)` and the judge checks all of it.
+
+    real               renders the prompt with Kinema World
+    baseline:frozen    the render's first frame, held        (breaks motion, gravity, the pan)
+    baseline:shuffled  the render's frames in random order   (breaks continuity, gravity, hiding)
+    baseline:noise     uniform random pixels                 (breaks everything)
+    NAME or PATH       a trained model, through `model_source` (the generation pipeline's door)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from kinema.errors import KinemaError
+from kinema.eval import judge as J
+from kinema.world.spec import COLORS, BrushSpec, ObjectSpec, SceneSpec
+
+ClipSource = Callable[[str, int, int, float, float, int], np.ndarray]
+BASELINES = ("frozen", "shuffled", "noise")
+TASK_METRICS = ("first_frame", "extend_seam", "loop_seam", "connect", "sdedit")
+
+
+# ---------------------------------------------------------------- the suite
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    spec: SceneSpec
+    width: int = 160
+    height: int = 90
+    seconds: float = 3.0
+    fps: float = 12.0
+    seed: int = 0
+    tasks: bool = False  # also calibrate the task metrics on this case
+
+    @property
+    def prompt(self) -> str:
+        from kinema.world.text import caption
+
+        return caption(self.spec)
+
+
+def _o(color: str, size: str, shape: str, motion: str, direction: str | None = None) -> ObjectSpec:
+    return ObjectSpec(color, size, shape, motion, direction)
+
+
+def _scene(*objects: ObjectSpec, **kw) -> SceneSpec:
+    return SceneSpec(tuple(objects), **kw)
+
+
+# (name, spec, seed, tasks[, seconds]): every metric is asked by several cases; seeds are fixed
+_CORE = [
+    ("ball falls", _scene(_o("red", "medium", "ball", "fall")), 1, True),
+    ("square falls, star stays", _scene(_o("blue", "large", "square", "fall"), _o("yellow", "small", "star", "static"),
+                                        sky="pale yellow", ground="sand"), 2, True),
+    ("triangle slides right", _scene(_o("green", "medium", "triangle", "slide", "right"), sky="grey", ground="grey stone"), 3, True),
+    ("ball rolls left", _scene(_o("orange", "large", "ball", "roll", "left"), ground="brown earth"), 4, False),
+    ("diamond bounces off the walls", _scene(_o("purple", "medium", "diamond", "bounce"), sky="dark blue", ground="sand"), 5, True),
+    ("two squares stay", _scene(_o("white", "small", "square", "static"), _o("white", "small", "square", "static"),
+                                sky="dark blue"), 6, False),
+    ("star leaves and returns", _scene(_o("cyan", "medium", "star", "leave", "right")), 7, False),
+    ("ball slides behind the post", _scene(_o("magenta", "medium", "ball", "slide", "left"), occluder=True,
+                                           sky="grey", ground="brown earth"), 8, True),
+    ("pan past the post", _scene(_o("yellow", "small", "square", "static"), occluder=True, camera="pan right",
+                                 sky="light blue", ground="grey stone"), 9, False, 6.0),
+    ("diamond falls, camera pans left", _scene(_o("black", "medium", "diamond", "fall"), camera="pan left",
+                                               sky="pale yellow", ground="green grass"), 10, False),
+    ("still objects, camera pans right", _scene(_o("red", "small", "triangle", "static"), _o("green", "large", "ball", "static"),
+                                                camera="pan right", sky="grey", ground="sand"), 11, False),
+    ("brush paints a wave", _scene(_o("orange", "medium", "square", "static"), brush=BrushSpec("blue", "wave"),
+                                   sky="light blue", ground="green grass"), 12, False),
+    ("brush paints a circle", _scene(_o("cyan", "small", "ball", "slide", "right"), brush=BrushSpec("magenta", "circle"),
+                                     sky="pale yellow", ground="brown earth"), 13, False),
+    ("triangle shatters", _scene(_o("white", "large", "triangle", "shatter"), sky="grey", ground="brown earth"), 14, False),
+    ("busy scene", _scene(_o("red", "small", "ball", "fall"), _o("blue", "large", "square", "slide", "right"),
+                          occluder=True, camera="pan left", brush=BrushSpec("green", "zigzag"), ground="sand"), 15, False),
+    ("empty scene, camera pans left", _scene(camera="pan left", sky="grey", ground="green grass"), 16, False),
+]  # fmt: skip
+
+# more of the same claims at other aspect ratios, durations and frame rates, for `full`
+_MORE = [
+    ("tall: star falls", _scene(_o("magenta", "medium", "star", "fall"), ground="grey stone"), 21, (144, 256, 4.0, 12.0)),
+    ("square: two balls fall", _scene(_o("red", "medium", "ball", "fall"), _o("blue", "small", "ball", "fall"),
+                                      sky="grey", ground="sand"), 22, (192, 192, 4.0, 12.0)),
+    ("wide: square slides left behind the post", _scene(_o("green", "large", "square", "slide", "left"), occluder=True,
+                                                        sky="pale yellow"), 23, (320, 120, 4.0, 12.0)),
+    ("ball leaves left and returns", _scene(_o("orange", "medium", "ball", "leave", "left"), sky="dark blue",
+                                            ground="grey stone"), 24, (256, 144, 5.0, 12.0)),
+    ("ball rolls right, camera pans left", _scene(_o("purple", "large", "ball", "roll", "right"), camera="pan left"),
+     25, (256, 144, 4.0, 12.0)),
+    ("star bounces, square stays", _scene(_o("yellow", "medium", "star", "bounce"), _o("black", "medium", "square", "static"),
+                                          sky="light blue", ground="brown earth"), 26, (256, 144, 4.0, 8.0)),
+    ("brush zigzag, camera pans right", _scene(_o("white", "medium", "diamond", "static"), brush=BrushSpec("red", "zigzag"),
+                                               camera="pan right", sky="grey", ground="green grass"), 27, (256, 144, 4.0, 12.0)),
+    ("three still shapes", _scene(_o("red", "large", "star", "static"), _o("cyan", "medium", "triangle", "static"),
+                                  _o("orange", "small", "diamond", "static"), sky="pale yellow", ground="sand"), 28, (256, 144, 3.0, 12.0)),
+    ("ball falls at 24 fps", _scene(_o("green", "large", "ball", "fall"), sky="dark blue", ground="sand"), 29, (256, 144, 3.0, 24.0)),
+    ("diamond slides behind the post, camera pans left", _scene(_o("blue", "medium", "diamond", "slide", "right"), occluder=True,
+                                                                camera="pan left", ground="grey stone"), 30, (256, 144, 4.0, 12.0)),
+    ("square shatters", _scene(_o("purple", "medium", "square", "shatter"), sky="light blue", ground="green grass"), 31, (256, 144, 3.0, 12.0)),
+    ("empty scene, still camera", _scene(sky="pale yellow", ground="brown earth"), 32, (256, 144, 3.0, 12.0)),
+]  # fmt: skip
+
+
+def quick() -> list[Case]:
+    """16 small clips (160x90, 3 s at 12 fps): every metric, for tests and CI."""
+    return [Case(name, spec, seed=seed, tasks=tasks, seconds=rest[0] if rest else 3.0) for name, spec, seed, tasks, *rest in _CORE]
+
+
+def full() -> list[Case]:
+    """The quick scenes at 256x144 for 4 s, and 12 more at other sizes, aspects, lengths and rates."""
+    cases = [Case(name, spec, 256, 144, rest[0] if rest else 4.0, 12.0, seed, tasks) for name, spec, seed, tasks, *rest in _CORE]
+    for name, spec, seed, (w, h, seconds, fps) in _MORE:
+        cases.append(Case(name, spec, w, h, seconds, fps, seed))
+    return cases
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {"quick": quick, "full": full}
+
+
+def suite(name: str) -> list[Case]:
+    if name not in SUITES:
+        raise KinemaError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+    return SUITES[name]()
+
+
+# ---------------------------------------------------------------- sources
+
+
+def real_source(prompt: str, width: int, height: int, seconds: float, fps: float, seed: int) -> np.ndarray:
+    """Kinema World's render of the prompt: the ceiling."""
+    from kinema.world.render import render
+    from kinema.world.text import spec_from_prompt
+
+    return render(spec_from_prompt(prompt, seed), width, height, seconds, fps, seed).frames
+
+
+def degrade(frames: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """A trivial baseline made from real frames: frozen, shuffled or noise."""
+    rng = np.random.default_rng(seed)
+    if kind == "frozen":
+        return np.repeat(frames[:1], len(frames), axis=0)
+    if kind == "shuffled":
+        return frames[rng.permutation(len(frames))]
+    if kind == "noise":
+        return rng.integers(0, 256, frames.shape, dtype=np.uint8)
+    raise KinemaError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)}")
+
+
+def baseline_source(kind: str) -> ClipSource:
+    if kind not in BASELINES:
+        raise KinemaError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)}")
+
+    def make(prompt: str, width: int, height: int, seconds: float, fps: float, seed: int) -> np.ndarray:
+        return degrade(real_source(prompt, width, height, seconds, fps, seed), kind, seed)
+
+    return make
+
+
+def model_source(name: str) -> ClipSource:
+    """THE door for trained models: a model NAME or checkpoint PATH -> a ClipSource.
+
+    The generation pipeline (text -> video sampling) does not exist yet; when it does, build it
+    here, e.g. `pipe = Pipeline.from_pretrained(name)` and return
+    `lambda prompt, w, h, seconds, fps, seed: pipe.generate(prompt, w, h, seconds, fps, seed)`."""
+    raise KinemaError(
+        f"no generation pipeline for models yet: cannot generate with {name!r}; "
+        "use --model real or --model baseline:frozen|shuffled|noise"
+    )
+
+
+def source(name: str) -> ClipSource:
+    """'real', 'baseline:KIND' or a model NAME / PATH."""
+    if name == "real":
+        return real_source
+    if name.startswith("baseline:"):
+        return baseline_source(name.split(":", 1)[1])
+    return model_source(name)
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class ClipResult:
+    case: Case
+    scores: dict[str, J.Score]
+    seconds: float  # to make and judge the clip
+    frames: np.ndarray | None = field(default=None, repr=False)
+    seen: J.Seen | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        c = self.case
+        return dict(name=c.name, prompt=c.prompt, spec=c.spec.to_dict(), width=c.width, height=c.height,
+                    seconds=c.seconds, fps=c.fps, seed=c.seed, scores={k: v.to_dict() for k, v in self.scores.items()},
+                    judge_seconds=round(self.seconds, 3))  # fmt: skip
+
+
+def _check_frames(frames: np.ndarray, case: Case) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[1:] != (case.height, case.width, 3) or frames.dtype != np.uint8 or len(frames) < 2:
+        raise KinemaError(
+            f"the source gave frames of shape {frames.shape} {frames.dtype} for {case.name!r}; "
+            f"expected (T >= 2, {case.height}, {case.width}, 3) uint8"
+        )
+    return frames
+
+
+def run(make: ClipSource, cases: list[Case], keep: bool = False, progress: Callable[[str], None] | None = None) -> list[ClipResult]:
+    """Make every case's clip with `make` and judge it. `keep`: hold frames and what the judge
+    saw (for contact sheets)."""
+    results = []
+    for case in cases:
+        start = time.perf_counter()
+        frames = _check_frames(make(case.prompt, case.width, case.height, case.seconds, case.fps, case.seed), case)
+        seen = J.see(frames, case.fps, case.spec)
+        scores = J.judge(frames, case.fps, case.spec, seen)
+        results.append(ClipResult(case, scores, time.perf_counter() - start, frames if keep else None, seen if keep else None))
+        if progress is not None:
+            progress(case.name)
+    return results
+
+
+def aggregate(results: list[ClipResult]) -> dict[str, float | None]:
+    """Metric -> mean over the clips it applies to (None if it applies to none)."""
+    out: dict[str, float | None] = {}
+    names = dict.fromkeys(k for r in results for k in r.scores)
+    for name in names:
+        values = [r.scores[name].value for r in results if r.scores.get(name) and r.scores[name].value is not None]
+        out[name] = float(np.mean(values)) if values else None
+    return out
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def _recolor(spec: SceneSpec) -> SceneSpec:
+    """The SDEdit check's edit: the first object in a colour nobody in the scene uses."""
+    used = {o.color for o in spec.objects} | ({spec.brush.color} if spec.brush else set())
+    new = next(c for c in COLORS if c not in used)
+    first = replace(spec.objects[0], color=new)
+    return replace(spec, objects=(first, *spec.objects[1:]))
+
+
+def task_scores(case: Case, real: np.ndarray, kind: str | None) -> dict[str, J.Score]:
+    """Every task metric on tasks built from a real render, answered by the render itself
+    (kind None) or by a baseline made from it."""
+    out = (lambda f: f) if kind is None else (lambda f: degrade(f, kind, case.seed))  # noqa: E731
+    T = len(real)
+    half, q = T // 2, T // 3
+    pingpong = np.concatenate([real[:half], real[half - 2 : 0 : -1]])  # a real loop: forth and back
+    scores = {
+        "first_frame": J.first_frame(out(real), real[0]),
+        "extend_seam": J.extension_seam(real[:half], out(real)[half:]),
+        "loop_seam": J.loop_seam(out(pingpong), real[:half]),
+        "connect": J.connect(real[:q], real[T - q :], out(real)[q : T - q]),
+    }
+    if case.spec.objects:
+        edited = _recolor(case.spec)
+        after = real_source(Case("", edited).prompt, case.width, case.height, case.seconds, case.fps, case.seed)
+        scores["sdedit"] = J.sdedit(real, out(after), case.fps, edited, case.spec)
+    return scores
+
+
+@dataclass
+class Calibration:
+    suite: str
+    world: dict[str, dict[str, float | None]]  # source -> metric -> aggregate
+    tasks: dict[str, dict[str, float | None]]  # source -> task metric -> mean
+    seconds: float
+
+
+# what each baseline must break (score below BREAK_BELOW); the ceiling must reach CEILING
+BREAKS = {
+    "frozen": ("motion", "gravity", "camera"),
+    "shuffled": ("consistency", "gravity", "permanence"),
+    "noise": J.METRICS + TASK_METRICS,
+}
+CEILING, BREAK_BELOW = 0.95, 0.5
+
+
+def calibrate(suite_name: str = "quick") -> Calibration:
+    """The judge on real renders and on each baseline, world and task metrics."""
+    start = time.perf_counter()
+    cases = suite(suite_name)
+    reals = [real_source(c.prompt, c.width, c.height, c.seconds, c.fps, c.seed) for c in cases]
+    world, tasks = {}, {}
+    for kind in (None, *BASELINES):
+        label = kind or "real"
+        results = []
+        for case, frames in zip(cases, reals):
+            clip = frames if kind is None else degrade(frames, kind, case.seed)
+            results.append(ClipResult(case, J.judge(clip, case.fps, case.spec), 0.0))
+        world[label] = aggregate(results)
+        task_runs = [ClipResult(c, task_scores(c, f, kind), 0.0) for c, f in zip(cases, reals) if c.tasks]
+        tasks[label] = aggregate(task_runs)
+    return Calibration(suite_name, world, tasks, time.perf_counter() - start)
+
+
+def calibration_problems(cal: Calibration) -> list[str]:
+    """Every way the calibration misses its thresholds (empty when it holds)."""
+    problems = []
+    for group in (cal.world, cal.tasks):
+        for metric, value in group["real"].items():
+            if value is None or value < CEILING:
+                problems.append(f"real renders score {value} on {metric} (< {CEILING})")
+        for kind, metrics in BREAKS.items():
+            for metric in metrics:
+                value = group[kind].get(metric, "absent")
+                if value == "absent":
+                    continue
+                if value is None or value >= BREAK_BELOW:
+                    problems.append(f"baseline {kind} scores {value} on {metric}, which it breaks (>= {BREAK_BELOW})")
+    return problems
+
+
+def calibration_table(cal: Calibration) -> str:
+    """Markdown: one row a metric, one column a source; a baseline's score on a metric it must
+    break is marked with *."""
+    sources = ["real", *BASELINES]
+    lines = [
+        f"Judge calibration on the `{cal.suite}` suite: real renders (ceiling, must be >= {CEILING}) "
+        f"and trivial baselines (* must be < {BREAK_BELOW}).",
+        "",
+        "| metric | " + " | ".join(sources) + " |",
+        "| --- | " + " | ".join("---:" for _ in sources) + " |",
+    ]
+    for group, title in ((cal.world, "world"), (cal.tasks, "task")):
+        for metric in group["real"]:
+            cells = []
+            for s in sources:
+                v = group[s].get(metric)
+                mark = "*" if s in BREAKS and metric in BREAKS[s] else ""
+                cells.append("n/a" if v is None else f"{v:.2f}{mark}")
+            lines.append(f"| {metric} ({title}) | " + " | ".join(cells) + " |")
+    lines += ["", f"{cal.seconds:.1f} s on this machine."]
+    return "\n".join(lines)
