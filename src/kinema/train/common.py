@@ -179,6 +179,22 @@ def load_checkpoint(
     return meta
 
 
+def train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: "EMA") -> dict:
+    """Model, optimizer and EMA state to save or to load into in place. Works on FSDP2 shards;
+    an optimizer that has not stepped yet gets its moments created, so loading fills them."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optim": optim_state, "ema": ema.state_dict()}
+
+
+def apply_train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Put a loaded `train_state` back into the model and optimizer (EMA loads in place)."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
 # ---------------------------------------------------------------- EMA
 
 class EMA:

@@ -57,12 +57,14 @@ from kinema.train.common import (
     EMA,
     Dist,
     Logger,
+    apply_train_state,
     barrier,
     init_distributed,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     shutdown,
+    train_state,
 )
 
 # ---------------------------------------------------------------- config
@@ -475,22 +477,16 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
 
     ckpt = latest_checkpoint(root / "checkpoints")
     if ckpt is not None:
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-        msd, osd = get_state_dict(model, optimizer)
-        state = {"model": msd, "optim": osd, "ema": run.ema.state_dict()}
+        state = train_state(model, optimizer, run.ema)
         meta = load_checkpoint(ckpt, state, d)
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        apply_train_state(model, optimizer, state)
         data.load_state_dict({"position": meta["position"]})
         run.step = int(meta["step"])
     return run
 
 
 def save(run: Run) -> Path:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    msd, osd = get_state_dict(run.model, run.optimizer)
-    state = {"model": msd, "optim": osd, "ema": run.ema.state_dict()}
+    state = train_state(run.model, run.optimizer, run.ema)
     meta = {"position": run.data.position, "config": run.cfg.to_dict()}
     return save_checkpoint(run.root / "checkpoints", run.step, state, meta, run.d, keep=run.cfg.keep_checkpoints)
 
