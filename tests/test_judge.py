@@ -388,7 +388,7 @@ def test_sdedit_layout_kept_and_edit_done():
 
 
 def test_model_names_go_through_one_door():
-    with pytest.raises(KinemaError, match="no generation pipeline for models yet"):
+    with pytest.raises(KinemaError, match="unknown model"):
         S.source("checkpoints/my-model")
     with pytest.raises(KinemaError, match="unknown baseline"):
         S.source("baseline:blur")
@@ -443,7 +443,7 @@ def test_cli_eval_world_writes_scores_report_and_pictures(tmp_path):
         with Image.open(png) as im:
             assert im.width >= 240
     res = CliRunner().invoke(app, ["eval", "world", "--model", "no-such-model", "--out", str(out)])
-    assert res.exit_code != 0 and "no generation pipeline" in str(res.exception)
+    assert res.exit_code != 0 and "unknown model" in str(res.exception)
 
 
 def test_an_object_that_changes_colour_behind_the_post_fails_permanence():

@@ -40,6 +40,183 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+# ---------------------------------------------------------------- generate and edit (kinema.pipeline)
+
+_MODEL = typer.Option("world", "--model", help="'world' (the shipped model) or a model folder: an export, or a training run.")
+_SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, multiples of 16 (default: the model's; 128x128 for world).")
+_SECONDS = typer.Option(None, help="Duration in seconds (default: the model's; 2).")
+_FPS = typer.Option(None, help="Frames per second (default: the model's; 12).")
+_STEPS = typer.Option(None, help="Sampling steps (default: the model's; 30).")
+_GUIDANCE = typer.Option(None, help="Classifier-free guidance scale; 1 turns it off (default: the model's; 4).")
+_SEED = typer.Option(0, help="Seed of the noise and of the prompt expansion.")
+_NEGATIVE = typer.Option("", "--negative", help="Negative prompt (default: none, the unconditional caption).")
+_EXPAND = typer.Option(None, "--expand/--no-expand", help="Expand a short prompt into a detailed caption (default: on for world models).")
+_SAMPLER = typer.Option("euler", help="Sampler: euler or heun.")
+_VIDEO_OUT = typer.Option(Path("out.mp4"), help="Video to write (.mp4, .webm, .mkv, .mov or .gif).")
+
+
+def _early_checks(size: str | None = None, seconds: float | None = None, fps: float | None = None,
+                  out: Path | None = None, still: bool = False) -> tuple[int | None, int | None]:  # fmt: skip
+    """Check what needs no model (size, duration, output format) before loading one."""
+    from kinema.tasks import check_size, latent_frames_for
+    from kinema.video import WRITE_SUFFIXES
+
+    if out is not None:
+        stills = (".png", ".jpg", ".jpeg", ".webp")
+        ok = WRITE_SUFFIXES if still else tuple(s for s in WRITE_SUFFIXES if s not in stills)
+        if out.suffix.lower() not in ok:
+            raise KinemaError(f"--out {out}: cannot write '{out.suffix}' here; use one of {', '.join(ok)}")
+    if seconds is not None or fps is not None:
+        latent_frames_for(2.0 if seconds is None else seconds, 12.0 if fps is None else fps)
+    if size is None:
+        return None, None
+    return check_size(*parse_size(size))
+
+
+def _read_media(path: Path, fps: float | None = None):
+    from kinema.video import read_video
+
+    return read_video(path, fps=fps)
+
+
+def _pipeline(model: str):
+    from kinema.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(model)
+
+
+def _write(result, out: Path) -> None:
+    from kinema.video import write_video
+
+    path = write_video(out, result.frames, result.fps)
+    T, H, W, _ = result.frames.shape
+    typer.echo(f"caption: {result.caption}")
+    typer.echo(f"wrote {path} ({T} frames, {W}x{H} @ {result.fps:g} fps)")
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: str = typer.Argument(..., help="What to show, e.g. 'a red ball bounces on green grass'."),
+    size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
+    seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    window: float = typer.Option(None, help="Make a long video in windows of this many seconds, each written as it is done (memory does not grow with --seconds)."),
+    out: Path = _VIDEO_OUT,
+) -> None:  # fmt: skip
+    """Text -> video of any size and duration."""
+    width, height = _early_checks(size, seconds, fps, out)
+    pipe = _pipeline(model)
+    kw = dict(width=width, height=height, fps=fps, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
+              expand=expand, method=sampler)  # fmt: skip
+    if window is not None:
+        result = pipe.long(prompt, seconds if seconds is not None else pipe.defaults["seconds"], window, out=out, **kw)
+        typer.echo(f"caption: {result.caption}")
+        typer.echo(f"wrote {result.path}")
+        return
+    _write(pipe.generate(prompt, seconds=seconds, **kw), out)
+
+
+@app.command("image")
+def image_cmd(
+    prompt: str = typer.Argument(..., help="What to show."),
+    size: str = _SIZE, steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
+    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    out: Path = typer.Option(Path("image.png"), help="Image to write (.png, .jpg or .webp)."),
+) -> None:  # fmt: skip
+    """Text -> image (one frame)."""
+    width, height = _early_checks(size, out=out, still=True)
+    pipe = _pipeline(model)
+    _write(pipe.image(prompt, width, height, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
+                      expand=expand, method=sampler), out)  # fmt: skip
+
+
+@app.command("animate")
+def animate_cmd(
+    image: Path = typer.Argument(..., help="Image (or video: its first frame) to start from."),
+    prompt: str = typer.Argument(..., help="What happens next."),
+    size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
+    seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    out: Path = _VIDEO_OUT,
+) -> None:  # fmt: skip
+    """Image -> video: the image is the first frame (default size: the image's)."""
+    width, height = _early_checks(size, seconds, fps, out)
+    source = _read_media(image)
+    pipe = _pipeline(model)
+    _write(pipe.animate(source, prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
+                        negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
+
+
+@app.command("extend")
+def extend_cmd(
+    video: Path = typer.Argument(..., help="Video to extend; it is kept whole."),
+    prompt: str = typer.Argument(..., help="What happens in the new frames."),
+    direction: str = typer.Option("forward", help="forward (new frames after the video) or backward (before it)."),
+    seconds: float = typer.Option(None, help="Seconds of new frames (default: the model's; 2)."),
+    fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
+    steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
+    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL, out: Path = _VIDEO_OUT,
+) -> None:  # fmt: skip
+    """Extend a video forward or backward in time."""
+    if direction not in ("forward", "backward"):
+        raise KinemaError(f"--direction must be forward or backward; got {direction!r}")
+    _early_checks(None, seconds, fps, out)
+    source = _read_media(video, fps)
+    pipe = _pipeline(model)
+    _write(pipe.extend(source, prompt, direction, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
+                       negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
+
+
+@app.command("loop")
+def loop_cmd(
+    prompt: str = typer.Argument(..., help="What to show."),
+    size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
+    seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    out: Path = _VIDEO_OUT,
+) -> None:  # fmt: skip
+    """A seamless loop: its last frame leads into its first."""
+    width, height = _early_checks(size, seconds, fps, out)
+    pipe = _pipeline(model)
+    _write(pipe.loop(prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
+                     negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
+
+
+@app.command("connect")
+def connect_cmd(
+    a: Path = typer.Argument(..., help="First video."),
+    b: Path = typer.Argument(..., help="Second video (scaled and cropped to the first's size)."),
+    prompt: str = typer.Argument(..., help="What happens in between."),
+    seconds: float = typer.Option(None, help="Seconds of frames between them (default: the model's; 2)."),
+    fps: float = typer.Option(None, help="Read both videos at this rate (default: the first's)."),
+    steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
+    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL, out: Path = _VIDEO_OUT,
+) -> None:  # fmt: skip
+    """Connect two videos: A, generated frames from A's end to B's start, B."""
+    _early_checks(None, seconds, fps, out)
+    first = _read_media(a, fps)
+    second = _read_media(b, first.fps)
+    pipe = _pipeline(model)
+    _write(pipe.connect(first, second, prompt, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
+                        negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
+
+
+@app.command("edit")
+def edit_cmd(
+    video: Path = typer.Argument(..., help="Video (or image) to edit."),
+    prompt: str = typer.Argument(..., help="The new prompt."),
+    strength: float = typer.Option(0.6, help="How far from the input: 0 keeps it, 1 ignores it."),
+    fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
+    steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
+    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL, out: Path = _VIDEO_OUT,
+) -> None:  # fmt: skip
+    """SDEdit video -> video: the input noised to STRENGTH, then made again under the new prompt."""
+    if not 0.0 <= strength <= 1.0:
+        raise KinemaError(f"--strength must be in [0, 1]; got {strength}")
+    _early_checks(None, None, fps, out, still=True)
+    source = _read_media(video, fps)
+    pipe = _pipeline(model)
+    _write(pipe.edit(source, prompt, strength, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
+                     expand=expand, method=sampler), out)  # fmt: skip
+
+
 # ---------------------------------------------------------------- world
 
 @world_app.command("render")
@@ -243,6 +420,19 @@ def bench_dit_cmd(
         raise KinemaError(f"--tokens must be comma-separated whole numbers; got {tokens!r}") from None
     print_table(bench_dit(configs=names, tokens=counts, steps=steps))
 
+
+@bench_app.command("generate")
+def bench_generate_cmd(
+    model: str = _MODEL,
+    size: str = typer.Option(None, help="WIDTHxHEIGHT (default: the model's)."),
+    seconds: float = typer.Option(2.0, help="Clip length in seconds."),
+    steps: int = typer.Option(None, help="Sampling steps (default: the model's)."),
+) -> None:
+    """Wall time and peak RSS of one default generate, model load included, in a fresh process."""
+    from kinema.pipeline import bench_generate
+
+    width, height = _early_checks(size, seconds)
+    print_table(bench_generate(model, width, height, seconds, steps=steps))
 
 def print_table(rows: list[dict]) -> None:
     """Print benchmark rows as an aligned table."""

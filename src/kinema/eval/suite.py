@@ -172,15 +172,24 @@ def baseline_source(kind: str) -> ClipSource:
 
 
 def model_source(name: str) -> ClipSource:
-    """THE door for trained models: a model NAME or checkpoint PATH -> a ClipSource.
+    """THE door for trained models: a model NAME ("world") or folder PATH -> a ClipSource.
 
-    The generation pipeline (text -> video sampling) does not exist yet; when it does, build it
-    here, e.g. `pipe = Pipeline.from_pretrained(name)` and return
-    `lambda prompt, w, h, seconds, fps, seed: pipe.generate(prompt, w, h, seconds, fps, seed)`."""
-    raise KinemaError(
-        f"no generation pipeline for models yet: cannot generate with {name!r}; "
-        "use --model real or --model baseline:frozen|shuffled|noise"
-    )
+    Loads `kinema.pipeline.Pipeline` once and generates each prompt with its defaults (steps,
+    guidance) and the prompt as the caption (suite prompts are full world captions, which the
+    world grammar would expand to themselves). A size that is not a multiple of the model's 16
+    pixels (160x90) is generated at the next multiple up (160x96) and centre-cropped to size."""
+    from kinema.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(name)
+    m = pipe.multiple
+
+    def make(prompt: str, width: int, height: int, seconds: float, fps: float, seed: int) -> np.ndarray:
+        w, h = -(-width // m) * m, -(-height // m) * m
+        frames = pipe.generate(prompt, w, h, seconds, fps, seed=seed, expand=False, progress=False).frames
+        top, left = (h - height) // 2, (w - width) // 2
+        return frames[:, top : top + height, left : left + width].numpy()
+
+    return make
 
 
 def source(name: str) -> ClipSource:

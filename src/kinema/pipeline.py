@@ -1,0 +1,752 @@
+"""The generation pipeline: a DiT, its text encoder and a VAE, with one method per task.
+
+    pipe = Pipeline.from_pretrained("world")           # the shipped model, or an export folder
+    out = pipe.generate("a red ball bounces on green grass", width=128, height=128, seconds=2)
+    write_video("ball.mp4", out.frames, out.fps); print(out.caption)
+
+    pipe.image(prompt)                     text -> image (1 frame)
+    pipe.animate(image, prompt)            image -> video, the image as frame 0
+    pipe.extend(video, prompt, "forward")  more frames after (or "backward": before) a video
+    pipe.long(prompt, 60, out="a.mp4")     any length, window by window, memory bounded
+    pipe.loop(prompt)                      a clip whose last frame leads into its first
+    pipe.connect(a, b, prompt)             frames that lead from the end of a to the start of b
+    pipe.edit(video, prompt, strength)     SDEdit: the video re-imagined under a new prompt
+
+Each returns an `Output`: the frames (T, H, W, 3) uint8 and fps as a `Video`, the caption the
+model read, and the last sampled latent with its plan (see `tasks.py` for every plan).
+
+Prompts. Short prompts are expanded into detailed captions by Kinema World's grammar
+(`kinema.world.text.expand`, seeded by the generation seed) when the model was trained on
+world captions: on by default for "world" and for runs whose config says data=world, or when
+pipeline.json says "expand": "world". Pass expand=False to use the prompt as it is. The
+negative prompt (default "", the unconditional input) is never expanded.
+
+Sizes. The model makes widths and heights that are multiples of 16 pixels (the VAE's 8 x the
+patch's 2); other sizes asked for raise KinemaError naming the nearest valid one. Input images
+and videos of other sizes are padded by edge replication up to the next multiple and the
+output is cropped back, so it has the input's size. Durations become 1 + 4k frames, k >= 1.
+
+Weights. A model folder holds pipeline.json (written by `train.dit.export_weights`):
+{"dit", "dit_config", "text_encoder", "vae"}, optionally "expand" and "defaults" (width,
+height, seconds, fps, steps, guidance). `from_pretrained` accepts that folder, a training run
+folder (its export/), or "world" (the folder kinema/weights/world/ shipped with the package).
+The DiT is built on the meta device and its safetensors assigned, so loading costs the read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from kinema import tasks
+from kinema.errors import KinemaError
+from kinema.sampling import Plan, denoise, get_noise, make_model_fn
+from kinema.video import Video
+
+WORLD_DIR = Path(__file__).resolve().parent / "weights" / "world"
+PIPELINE_FILE = "pipeline.json"
+
+# Used where pipeline.json has no "defaults"; the world model trains on 64 - 128 px clips at 8 - 12 fps.
+DEFAULTS: dict[str, float] = dict(width=128, height=128, seconds=2.0, fps=12.0, steps=30, guidance=4.0)
+CONTEXT = 2  # latent frames of context for extend, long, loop and connect (1 + 4 = 5 pixel frames)
+Media = str | os.PathLike | Video | Tensor | np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Output:
+    """What a task returns.
+
+    video:   frames (T, H, W, 3) uint8 and fps (None for `long` written to a file)
+    caption: the caption the model read (the expanded prompt)
+    latent:  the last latent the sampler made (normalized, (C, T, H, W)), for checks and chaining
+    plan:    the plan it was sampled from
+    path:    the file written (`long` with out=...)
+    """
+
+    video: Video | None
+    caption: str
+    latent: Tensor | None = None
+    plan: Plan | None = None
+    path: Path | None = None
+
+    @property
+    def frames(self) -> Tensor:
+        if self.video is None:
+            raise KinemaError(f"this output was written to {self.path}, not kept in memory")
+        return self.video.frames
+
+    @property
+    def fps(self) -> float:
+        if self.video is None:
+            raise KinemaError(f"this output was written to {self.path}, not kept in memory")
+        return self.video.fps
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """One finished window of a long video: its new frames, and what the generator holds."""
+
+    index: int
+    frames: Tensor  # (n, H, W, 3) uint8, the frames this window adds
+    latent_frames_held: int  # latent frames alive while it was made: its latent + the context
+    pixel_frames_held: int  # pixel frames kept for the next window's context
+
+
+# ---------------------------------------------------------------- finding a model
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """The folder holding pipeline.json for "world", an export folder or a training run folder."""
+    text = str(name_or_path)
+    if text == "world":
+        if not (WORLD_DIR / PIPELINE_FILE).is_file():
+            raise KinemaError(
+                f"the shipped world model is not in this install yet ({WORLD_DIR} has no {PIPELINE_FILE}); "
+                "train one with `kinema train dit RUN --set vae=VAE` and pass its folder: --model RUN"
+            )
+        return WORLD_DIR
+    p = Path(text).expanduser()
+    if p.is_dir():
+        for d in (p, p / "export"):
+            if (d / PIPELINE_FILE).is_file():
+                return d
+        raise KinemaError(
+            f"{p} holds no {PIPELINE_FILE} (nor export/{PIPELINE_FILE}): give a folder written by "
+            "`kinema train dit` (its export/) or by kinema.train.dit.export_weights"
+        )
+    raise KinemaError(
+        f"unknown model {text!r}: give 'world' (the shipped model) or a model folder with {PIPELINE_FILE}"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise KinemaError(f"cannot read {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise KinemaError(f"{path} is not a JSON object")
+    return doc
+
+
+def _load_dit(directory: Path, spec: dict, device: torch.device):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from kinema.dit import DiT, DiTConfig
+
+    weights = directory / spec.get("dit", "dit.safetensors")
+    config = directory / spec.get("dit_config", "dit.json")
+    if not (weights.is_file() and config.is_file()):
+        raise KinemaError(f"no DiT in {directory}: expected {weights.name} and {config.name}")
+    class Unset(DiT):
+        def init_weights(self) -> None:  # the file gives every weight; on the meta device a normal_
+            pass  # would also cost a second of lazy imports
+
+    with torch.device("meta"):  # no allocation, no initialisation: the weights are assigned
+        dit = Unset(DiTConfig.from_dict(_read_json(config)))
+    try:
+        state = load_file(str(weights), device=str(device))
+        dit.load_state_dict(state, strict=True, assign=True)
+    except (SafetensorError, RuntimeError) as e:
+        raise KinemaError(f"{weights} does not match {config}: {e}") from None
+    dit.__class__ = DiT
+    return dit.eval().requires_grad_(False)
+
+
+def _load_text(directory: Path, spec: str, device: torch.device):
+    from kinema.text import load_text_encoder
+
+    kind, sep, where = spec.partition(":")
+    if sep and kind in ("builtin", "hf"):
+        local = directory / where
+        spec = f"{kind}:{local if local.exists() else where}"
+    elif spec == "builtin":
+        spec = f"builtin:{directory}"
+    enc = load_text_encoder(spec, device=device)
+    if isinstance(enc, torch.nn.Module):
+        enc = enc.eval().requires_grad_(False)
+    return enc
+
+
+def _load_vae(directory: Path, name: str, device: torch.device):
+    from kinema.vae import load_vae
+
+    if not name:
+        raise KinemaError(f"{directory / PIPELINE_FILE} does not name a VAE")
+    local = directory / name
+    vae = load_vae(local if local.is_dir() else name, device=device)
+    return vae.requires_grad_(False)
+
+
+def set_threads() -> int:
+    """Torch CPU threads for sampling: KINEMA_THREADS if set; else the cores this process may
+    run on that other work leaves idle (1-minute load average), at least 1 and never more than
+    torch's own setting. A thread whose core is busy makes every parallel op wait for it: on a
+    shared 2-core machine a second thread made a 128 x 128 generate 7x slower, not faster."""
+    want = os.environ.get("KINEMA_THREADS")
+    if want:
+        try:
+            n = int(want)
+        except ValueError:
+            raise KinemaError(f"KINEMA_THREADS must be a whole number; got {want!r}") from None
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = min(torch.get_num_threads(), cores - int(busy))
+    n = max(1, n)
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n
+
+
+# ---------------------------------------------------------------- media helpers
+
+
+def as_video(media: Media, fps: float | None = None) -> Video:
+    """A path, Video or uint8 array (T, H, W, 3) / (H, W, 3) -> Video (a path is read at `fps`)."""
+    from kinema.video import DEFAULT_FPS, read_video
+
+    if isinstance(media, (str, os.PathLike)):
+        return read_video(media, fps=fps)
+    if isinstance(media, Video):
+        return media
+    x = torch.from_numpy(np.ascontiguousarray(media)) if isinstance(media, np.ndarray) else media
+    if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.ndim not in (3, 4) or x.shape[-1] != 3:
+        raise KinemaError("an image or video must be a file path, a Video or uint8 frames (T, H, W, 3) / (H, W, 3)")
+    return Video(x[None] if x.ndim == 3 else x, float(fps or DEFAULT_FPS))
+
+
+def fit(frames: Tensor, width: int, height: int) -> Tensor:
+    """uint8 (T, H, W, 3) scaled to cover width x height, then centre-cropped to it."""
+    T, H, W, _ = frames.shape
+    if (H, W) == (height, width):
+        return frames
+    s = max(width / W, height / H)
+    h, w = max(height, round(H * s)), max(width, round(W * s))
+    x = rearrange(frames, "t h w c -> t c h w").float()
+    x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (h - height) // 2, (w - width) // 2
+    x = x[..., top : top + height, left : left + width]
+    return rearrange(x.round_().clamp_(0, 255).to(torch.uint8), "t c h w -> t h w c").contiguous()
+
+
+def _pad_box(height: int, width: int, multiple: int = tasks.SIZE_MULTIPLE) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) edge padding up to multiples of `multiple`."""
+    ph, pw = -height % multiple, -width % multiple
+    return ph // 2, ph - ph // 2, pw // 2, pw - pw // 2
+
+
+def pad_frames(frames: Tensor, box: tuple[int, int, int, int], time_to: int | None = None) -> Tensor:
+    """uint8 (T, H, W, 3) padded by edge replication: `box` in space, repeated last frame up to time_to."""
+    top, bottom, left, right = box
+    if any(box):
+        x = rearrange(frames, "t h w c -> t c h w").float()
+        x = F.pad(x, (left, right, top, bottom), mode="replicate")
+        frames = rearrange(x.to(torch.uint8), "t c h w -> t h w c").contiguous()
+    if time_to is not None and time_to > len(frames):
+        frames = torch.cat([frames, frames[-1:].expand(time_to - len(frames), *frames.shape[1:])])
+    return frames
+
+
+def crop_frames(frames: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+    top, bottom, left, right = box
+    H, W = frames.shape[1:3]
+    return frames[:, top : H - bottom, left : W - right].contiguous()
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+class Pipeline:
+    """DiT + text encoder + VAE; one method per task (see the module doc)."""
+
+    def __init__(self, dit, text_encoder, vae, *, expand: bool = False, defaults: dict | None = None,
+                 name: str = "", device: torch.device | str = "cpu"):  # fmt: skip
+        self.dit = dit
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.expand = expand
+        self.defaults = {**DEFAULTS, **(defaults or {})}
+        self.name = name
+        self.device = torch.device(device)
+        self.patch = tuple(dit.config.patch)
+        self.temporal = vae.config.temporal_factor
+        self.multiple = vae.config.spatial_factor * self.patch[1]
+        if self.patch[0] != 1 or self.patch[1] != self.patch[2]:
+            raise KinemaError(f"the pipeline needs a DiT patch (1, p, p); got {self.patch}")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "world", device: str = "auto") -> Pipeline:
+        """Load "world" (the shipped model), an export folder or a training run folder."""
+        set_threads()
+        directory = resolve(name_or_path)
+        spec = _read_json(directory / PIPELINE_FILE)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        dit = _load_dit(directory, spec, dev)
+        text = _load_text(directory, str(spec.get("text_encoder", "builtin:.")), dev)
+        vae = _load_vae(directory, str(spec.get("vae", "")), dev)
+        if getattr(text, "dim", dit.config.text_dim) != dit.config.text_dim:
+            raise KinemaError(f"the text encoder gives {text.dim}-wide tokens; the DiT reads {dit.config.text_dim}")
+        if vae.config.latent_channels != dit.config.in_channels:
+            raise KinemaError(
+                f"the VAE makes {vae.config.latent_channels} latent channels; the DiT reads {dit.config.in_channels}"
+            )
+        expand = spec.get("expand")
+        if expand is None:  # world captions: the shipped model, or a run trained on Kinema World
+            run_config = directory.parent / "config.json"
+            trained_on_world = run_config.is_file() and _read_json(run_config).get("data") == "world"
+            expand = str(name_or_path) == "world" or trained_on_world
+        expand = expand in (True, "world")
+        return cls(dit, text, vae, expand=expand, defaults=spec.get("defaults"), name=str(name_or_path), device=dev)
+
+    # ------------------------------------------------------------ prompts
+
+    def caption(self, prompt: str, seed: int = 0, expand: bool | None = None) -> str:
+        """The caption the model reads: the prompt, expanded by the world grammar when asked."""
+        if not isinstance(prompt, str):
+            raise KinemaError("the prompt must be a string")
+        if self.expand if expand is None else expand:
+            from kinema.world.text import expand as grammar
+
+            return grammar(prompt, seed)
+        return prompt
+
+    # ------------------------------------------------------------ pieces every task shares
+
+    def _settings(self, **given) -> dict:
+        out = {k: (self.defaults[k] if v is None else v) for k, v in given.items()}
+        if "steps" in out and int(out["steps"]) < 1:
+            raise KinemaError(f"steps must be at least 1; got {out['steps']}")
+        if "guidance" in out and not math.isfinite(float(out["guidance"])):
+            raise KinemaError(f"guidance must be a finite number; got {out['guidance']}")
+        return out
+
+    def _size(self, width: int | None, height: int | None) -> tuple[int, int]:
+        w = int(self.defaults["width"] if width is None else width)
+        h = int(self.defaults["height"] if height is None else height)
+        return tasks.check_size(w, h, self.multiple)
+
+    def _frames_for(self, seconds: float, fps: float, minimum: int = 2) -> int:
+        return tasks.latent_frames_for(seconds, fps, self.temporal, minimum)
+
+    def _new_latents(self, seconds: float, fps: float) -> int:
+        """Latent frames to generate for about `seconds` of new frames (4 pixel frames each)."""
+        tasks.latent_frames_for(seconds, fps, self.temporal)  # the same checks of seconds and fps
+        return max(1, round(seconds * fps / self.temporal))
+
+    def _latent_hw(self, width: int, height: int) -> tuple[int, int]:
+        s = self.vae.config.spatial_factor
+        return height // s, width // s
+
+    @torch.inference_mode()
+    def encode(self, frames: Tensor) -> Tensor:
+        """uint8 (1 + 4k, H, W, 3), sides multiples of 16 -> normalized latent (C, 1 + k, H/8, W/8)."""
+        from kinema.data.cache import encode_frames
+
+        if (len(frames) - 1) % self.temporal:
+            raise KinemaError(f"encode takes 1 + {self.temporal}k frames; got {len(frames)}")
+        return encode_frames(self.vae, frames, chunk=4).to(self.device)
+
+    @torch.inference_mode()
+    def decode(self, latent: Tensor) -> Tensor:
+        """Normalized latent (C, T, h, w) -> uint8 frames (1 + 4(T - 1), 8h, 8w, 3), a chunk at a time."""
+        from kinema.video import from_model
+
+        z = self.vae.denormalize_latent(latent[None].to(self.vae.device, self.vae.dtype))
+        return torch.cat([from_model(x[0].float().cpu()) for x in self.vae.decode_stream(z, chunk=1)])
+
+    def _text(self, caption: str, negative: str, guidance: float) -> tuple[Tensor, Tensor]:
+        rows = [caption] if guidance == 1.0 else [caption, negative]
+        with torch.inference_mode():
+            text, mask = self.text_encoder(rows)  # (R, L, D), (R, L)
+        return text.to(self.device), mask.to(self.device)
+
+    def sample(self, plan: Plan, caption: str, negative: str = "", *, steps: int, guidance: float, seed: int,
+               method: str = "euler", progress: bool = True, callback: Callable | None = None) -> Tensor:  # fmt: skip
+        """Run the sampler on a plan; returns the normalized latent (C, T, H, W)."""
+        text, mask = self._text(caption, negative, float(guidance))
+        autocast = torch.bfloat16 if self.device.type == "cuda" else None
+        model_fn = make_model_fn(self.dit, text, mask, self.patch, autocast)
+        noise = get_noise(plan.shape, seed, device=self.device)
+        return denoise(model_fn, noise, plan, int(steps), float(guidance), method=method, patch=self.patch,
+                       progress=progress, callback=callback)  # fmt: skip
+
+    def _media(self, media: Media, fps: float | None, width: int | None, height: int | None):
+        """Input frames at the working size: (padded frames, fps, crop box)."""
+        video = as_video(media, fps)
+        frames = video.frames
+        if width is not None or height is not None:
+            w = frames.shape[2] if width is None else width
+            h = frames.shape[1] if height is None else height
+            w, h = self._size(w, h)
+            frames = fit(frames, w, h)
+        box = _pad_box(frames.shape[1], frames.shape[2], self.multiple)
+        return pad_frames(frames, box), float(fps or video.fps), box
+
+    def _tail(self, frames: Tensor, k: int) -> tuple[Tensor, int]:
+        """Tail context latents (C, k, h, w) of padded frames; k shrinks to what the clip holds."""
+        k = max(1, min(k, 1 + (len(frames) - 1) // self.temporal))
+        return self.encode(frames[len(frames) - tasks.tail_span(k, self.temporal) :]), k
+
+    def _head(self, frames: Tensor, k: int) -> tuple[Tensor, int]:
+        """Head context latents (C, k, h, w) of padded frames; needs at least 1 + 4 frames."""
+        k = min(k, (len(frames) - 1) // self.temporal)
+        if k < 1:
+            raise KinemaError(
+                f"a clip to be continued from its start needs at least {1 + self.temporal} frames; got {len(frames)}"
+            )
+        return tasks.head_context(self.encode(frames[: tasks.head_span(k, self.temporal)])), k
+
+    # ------------------------------------------------------------ tasks
+
+    def generate(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
+                 fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
+                 negative_prompt: str = "", expand: bool | None = None, method: str = "euler",
+                 progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+        """Text -> video of width x height (multiples of 16) and about seconds * fps frames (1 + 4k)."""
+        s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
+        w, h = self._size(width, height)
+        T = self._frames_for(s["seconds"], s["fps"])
+        caption = self.caption(prompt, seed, expand)
+        plan = tasks.text_to_video(self.dit.config.in_channels, T, *self._latent_hw(w, h))
+        z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
+                        method=method, progress=progress, callback=callback)  # fmt: skip
+        return Output(Video(self.decode(z), float(s["fps"])), caption, z, plan)
+
+    def image(self, prompt: str, width: int | None = None, height: int | None = None, steps: int | None = None,
+              guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
+              method: str = "euler", progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+        """Text -> image: one latent frame, one pixel frame."""
+        s = self._settings(steps=steps, guidance=guidance, fps=None)
+        w, h = self._size(width, height)
+        caption = self.caption(prompt, seed, expand)
+        plan = tasks.text_to_image(self.dit.config.in_channels, *self._latent_hw(w, h))
+        z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
+                        method=method, progress=progress, callback=callback)  # fmt: skip
+        return Output(Video(self.decode(z), float(s["fps"])), caption, z, plan)
+
+    def animate(self, image: Media, prompt: str, width: int | None = None, height: int | None = None,
+                seconds: float | None = None, fps: float | None = None, steps: int | None = None,
+                guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
+                method: str = "euler", progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+        """Image -> video: latent frame 0 pinned to the encoded image (the first frame of a
+        video file). The output has the image's size, or width x height (scaled and cropped)."""
+        s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
+        T = self._frames_for(s["seconds"], s["fps"])
+        frames, _, box = self._media(image, None, width, height)
+        caption = self.caption(prompt, seed, expand)
+        plan = tasks.image_to_video(self.encode(frames[:1]), T)
+        z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
+                        method=method, progress=progress, callback=callback)  # fmt: skip
+        return Output(Video(crop_frames(self.decode(z), box), float(s["fps"])), caption, z, plan)
+
+    def extend(self, video: Media, prompt: str, direction: str = "forward", seconds: float | None = None,
+               fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
+               negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, method: str = "euler",
+               progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+        """About `seconds` of new frames after (forward) or before (backward) the video, which is
+        kept whole. `context` latent frames of it are pinned (1 + 4(k - 1) frames forward, 1 + 4k
+        backward). fps: read the video at this rate (default: its own)."""
+        if direction not in ("forward", "backward"):
+            raise KinemaError(f"direction must be forward or backward; got {direction!r}")
+        frames, rate, box = self._media(video, fps, None, None)
+        s = self._settings(seconds=seconds, steps=steps, guidance=guidance)
+        n = self._new_latents(s["seconds"], rate)  # 4n new pixel frames
+        caption = self.caption(prompt, seed, expand)
+        if direction == "forward":
+            ctx, k = self._tail(frames, context)
+            plan, task = tasks.extend_forward(ctx, n), "extend_forward"
+        else:
+            ctx, k = self._head(frames, context)
+            plan, task = tasks.extend_backward(ctx, n + 1), "extend_backward"
+        z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
+                        method=method, progress=progress, callback=callback)  # fmt: skip
+        new = self.decode(z)[tasks.new_frames(task, plan, k, k, self.temporal)]
+        whole = torch.cat([frames, new] if direction == "forward" else [new, frames])
+        return Output(Video(crop_frames(whole, box), rate), caption, z, plan)
+
+    def connect(self, a: Media, b: Media, prompt: str, seconds: float | None = None, fps: float | None = None,
+                steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+                expand: bool | None = None, context: int = CONTEXT, method: str = "euler", progress: bool = True,
+                callback: Callable | None = None) -> Output:  # fmt: skip
+        """A, then about `seconds` of frames that lead from A's end into B's start, then B.
+        B is read at A's rate and scaled and cropped to A's size."""
+        fa, rate, box = self._media(a, fps, None, None)
+        vb = as_video(b, rate)
+        fb = pad_frames(fit(vb.frames, fa.shape[2] - box[2] - box[3], fa.shape[1] - box[0] - box[1]), box)
+        s = self._settings(seconds=seconds, steps=steps, guidance=guidance)
+        m = self._new_latents(s["seconds"], rate)  # 4m - 1 new pixel frames
+        caption = self.caption(prompt, seed, expand)
+        tail, ka = self._tail(fa, context)
+        head, kb = self._head(fb, context)
+        plan = tasks.connect(tail, head, m)
+        z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
+                        method=method, progress=progress, callback=callback)  # fmt: skip
+        middle = self.decode(z)[tasks.new_frames("connect", plan, ka, kb, self.temporal)]
+        return Output(Video(crop_frames(torch.cat([fa, middle, fb]), box), rate), caption, z, plan)
+
+    def loop(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
+             fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
+             negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, bridge: float = 1 / 3,
+             method: str = "euler", progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+        """A seamless loop of 4K frames (K = seconds * fps / 4): a clip, then a bridge from its tail
+        back to its head (`tasks` module doc). `bridge`: the bridge's share of the loop.
+        The output's plan and latent are the bridge's: its first latents are the clip's tail
+        context, its last latents the clip's head context."""
+        s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
+        w, h = self._size(width, height)
+        K = max(3, self._new_latents(s["seconds"], s["fps"]))
+        m = min(K - 2, max(1, round(K * bridge)))  # bridge latents; the clip keeps at least 3
+        caption = self.caption(prompt, seed, expand)
+        kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress, callback=callback)
+        first = tasks.text_to_video(self.dit.config.in_channels, K - m + 1, *self._latent_hw(w, h))
+        clip = self.decode(self.sample(first, caption, negative_prompt, seed=seed, **kw))  # 1 + 4(K - m) frames
+        tail, ka = self._tail(clip, context)
+        head, kb = self._head(clip, context)
+        plan = tasks.connect(tail, head, m)
+        z = self.sample(plan, caption, negative_prompt, seed=seed + 1, **kw)
+        middle = self.decode(z)[tasks.new_frames("connect", plan, ka, kb, self.temporal)]  # 4m - 1 frames
+        return Output(Video(torch.cat([clip, middle]), float(s["fps"])), caption, z, plan)
+
+    def edit(self, video: Media, prompt: str, strength: float = 0.6, fps: float | None = None,
+             steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+             expand: bool | None = None, method: str = "euler", progress: bool = True,
+             callback: Callable | None = None) -> Output:  # fmt: skip
+        """SDEdit: the video's latent noised to t = strength, then sampled under the new prompt.
+        strength 0 gives the VAE reconstruction of the input; 1 ignores the input. The output has
+        the input's size and frame count (padded to 1 + 4k frames inside, cropped back)."""
+        if not 0.0 <= float(strength) <= 1.0:
+            raise KinemaError(f"strength must be in [0, 1]; got {strength}")
+        frames, rate, box = self._media(video, fps, None, None)
+        T = len(frames)
+        padded = pad_frames(frames, (0, 0, 0, 0), time_to=1 + -(-(T - 1) // self.temporal) * self.temporal)
+        s = self._settings(steps=steps, guidance=guidance)
+        caption = self.caption(prompt, seed, expand)
+        plan = tasks.sdedit(self.encode(padded), float(strength))
+        z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
+                        method=method, progress=progress, callback=callback)  # fmt: skip
+        return Output(Video(crop_frames(self.decode(z)[:T], box), rate), caption, z, plan)
+
+    def long_windows(self, prompt: str, seconds: float, window: float = 2.0, width: int | None = None,
+                     height: int | None = None, fps: float | None = None, steps: int | None = None,
+                     guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+                     expand: bool | None = None, context: int = CONTEXT, method: str = "euler",
+                     progress: bool = True) -> Iterator[Window]:  # fmt: skip
+        """A long video as finished windows, in order: window 0 is text -> video, each later one a
+        forward extension of the same size from the last frames made. Window w uses seed + w.
+        Nothing is kept from one window to the next but `context` latents' worth of pixel frames."""
+        s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
+        w, h = self._size(width, height)
+        total = tasks.pixel_frames(self._frames_for(s["seconds"], s["fps"]), self.temporal)
+        W = self._frames_for(window, s["fps"])
+        k = max(1, min(context, W - 1))
+        caption = self.caption(prompt, seed, expand)
+        kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress)
+        plan = tasks.text_to_video(self.dit.config.in_channels, W, *self._latent_hw(w, h))
+        frames = self.decode(self.sample(plan, caption, negative_prompt, seed=seed, **kw))
+        span = tasks.tail_span(k, self.temporal)
+        done, index, recent = 0, 0, frames[:0]
+        while True:
+            frames = frames[: total - done]
+            done += len(frames)
+            recent = torch.cat([recent, frames])[-span:] if done < total else recent[:0]  # the next context
+            held = plan.frames + (k if index else 0)  # this window's latent (+ the context it was pinned to)
+            yield Window(index, frames, held, len(recent))
+            if done >= total:
+                return
+            index += 1
+            ctx = self.encode(recent)  # (C, k, h, w)
+            plan = tasks.extend_forward(ctx, W - k)
+            z = self.sample(plan, caption, negative_prompt, seed=seed + index, **kw)
+            frames = self.decode(z)[tasks.new_frames("extend_forward", plan, k, 0, self.temporal)].clone()
+            del z, ctx
+
+    def long(self, prompt: str, seconds: float, window: float = 2.0, out: str | os.PathLike | None = None,
+             **kw) -> Output:  # fmt: skip
+        """A video of any length by windows (see `long_windows`). With `out` (.mp4, .mkv, .mov or
+        .webm) each window's frames are encoded to the file as soon as they are made, so memory
+        does not grow with the length; without it the frames are returned."""
+        fps = float(kw.get("fps") or self.defaults["fps"])
+        caption = self.caption(prompt, kw.get("seed", 0), kw.get("expand"))
+        if out is None:
+            frames = torch.cat([win.frames for win in self.long_windows(prompt, seconds, window, **kw)])
+            return Output(Video(frames, fps), caption)
+        with StreamWriter(out, fps) as writer:
+            for win in self.long_windows(prompt, seconds, window, **kw):
+                writer.write(win.frames)
+        return Output(None, caption, path=Path(out))
+
+
+# ---------------------------------------------------------------- writing a long video
+
+
+class StreamWriter:
+    """Write frames to a video file as they come: H.264 (.mp4, .mkv, .mov) or VP9 (.webm) in
+    yuv420p, BT.709 limited range, as `kinema.video.write_video` writes them. Atomic: the file
+    appears only when the writer closes without an error. A .gif needs every frame for its
+    palette: its frames are kept and written by write_video at the end."""
+
+    CODECS = {".mp4": ("mp4", "libx264"), ".mov": ("mov", "libx264"), ".mkv": ("matroska", "libx264"),
+              ".webm": ("webm", "libvpx-vp9")}  # fmt: skip
+
+    def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18):
+        self.path, self.fps, self.crf = Path(path), float(fps), crf
+        suffix = self.path.suffix.lower()
+        if suffix not in (*self.CODECS, ".gif"):
+            raise KinemaError(f"{self.path}: a long video is written as .mp4, .mkv, .mov, .webm or .gif")
+        if not 0 < self.fps < math.inf:
+            raise KinemaError(f"{self.path}: fps must be a positive number; got {fps}")
+        self.codec = self.CODECS.get(suffix)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.container = self.stream = None
+        self.kept: list[Tensor] = []  # .gif only
+
+    def __enter__(self) -> StreamWriter:
+        return self
+
+    def _open(self, width: int, height: int) -> None:
+        from fractions import Fraction
+
+        import av
+
+        fmt, codec = self.codec
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(self.tmp), "w", format=fmt,
+                                 options={"movflags": "+faststart"} if fmt in ("mp4", "mov") else {})  # fmt: skip
+        self.stream = self.container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        options = {"crf": str(self.crf)}
+        if codec == "libvpx-vp9":
+            options.update({"b": "0", "cpu-used": "4", "row-mt": "1"})
+        self.stream.options = options
+        cc = self.stream.codec_context
+        cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709
+        cc.color_range = 1  # limited
+
+    def write(self, frames: Tensor) -> None:
+        """Append uint8 frames (T, H, W, 3); H and W even (the pipeline's are multiples of 16)."""
+        if self.codec is None:
+            self.kept.append(frames)
+            return
+        import av
+        from av.video.reformatter import ColorRange, Colorspace
+
+        if self.container is None:
+            self._open(frames.shape[2], frames.shape[1])
+        for rgb in frames.numpy():
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
+            )
+            self.container.mux(self.stream.encode(frame))
+
+    def __exit__(self, kind, value, tb) -> None:
+        if self.container is not None:
+            try:
+                if kind is None:
+                    self.container.mux(self.stream.encode(None))
+            finally:
+                self.container.close()
+            if kind is None:
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
+        elif kind is None and self.kept:
+            from kinema.video import write_video
+
+            write_video(self.path, torch.cat(self.kept), self.fps)
+
+
+# ---------------------------------------------------------------- a tiny model for tests
+
+
+def make_test_pipeline(directory: str | os.PathLike, seed: int = 0, hidden: int = 64, depth: int = 2,
+                       text_dim: int = 64) -> Path:  # fmt: skip
+    """Write a random-init model folder (tiny VAE in vae/, a DiT of `hidden` x `depth`, a 1-layer
+    builtin text encoder over Kinema World's words) through the same export as training
+    (`train.dit.export_weights`), and return it. The zero-initialised layers of the DiT
+    (adaLN-Zero) get small random weights, so that its velocity depends on x, t and the caption.
+    For tests and benchmarks of the pipeline, not for pictures."""
+    from types import SimpleNamespace
+
+    from kinema.data import world_captions
+    from kinema.dit import DiT, DiTConfig
+    from kinema.text.encoder import BuiltinTextEncoder, TextEncoderConfig
+    from kinema.train.common import EMA, Dist
+    from kinema.train.dit import DiTTrainConfig, FlowModel, export_weights
+    from kinema.vae import CausalVAE, VAEConfig, save_vae
+
+    out = Path(directory)
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        save_vae(CausalVAE(VAEConfig.tiny()).eval(), out / "vae")
+        dit = DiT(DiTConfig.tiny(hidden=hidden, depth=depth, heads=max(1, hidden // 32), text_dim=text_dim))
+        with torch.no_grad():
+            for p in dit.parameters():
+                if not p.abs().any():
+                    p.normal_(0.0, 0.02)
+        text_cfg = TextEncoderConfig(dim=text_dim, depth=1, heads=2)
+        text = BuiltinTextEncoder.from_texts(world_captions(60, seed), text_cfg)
+        model = FlowModel(dit, text)
+        cfg = DiTTrainConfig(vae="vae", hidden=hidden, depth=depth, text_dim=text_dim, text_depth=1, text_heads=2)
+        run = SimpleNamespace(model=model, d=Dist(0, 1, 0, torch.device("cpu")), ema=EMA(model, 0.0), cfg=cfg, step=0)
+        export_weights(run, out)
+    return out
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+def _bench_child(args: dict) -> None:
+    """Run in a fresh interpreter by `bench_generate`: load, generate, print one JSON line."""
+    import resource
+
+    t0 = time.perf_counter()
+    try:
+        pipe = Pipeline.from_pretrained(args["model"], device=args["device"])
+        t1 = time.perf_counter()
+        out = pipe.generate(args["prompt"], args["width"], args["height"], args["seconds"], args["fps"],
+                            args["steps"], seed=0, progress=False)  # fmt: skip
+    except KinemaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    t2 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    T, H, W, _ = out.frames.shape
+    print(json.dumps(dict(load_s=t1 - t0, generate_s=t2 - t1, frames=T, width=W, height=H, peak_rss_mib=rss)))
+
+
+def bench_generate(model: str = "world", width: int | None = None, height: int | None = None, seconds: float = 2.0,
+                   fps: float | None = None, steps: int | None = None, device: str = "cpu",
+                   prompt: str = "a red ball bounces on green grass") -> list[dict]:  # fmt: skip
+    """Wall time and peak RSS of one default generate (model load included) in a fresh process."""
+    args = dict(model=str(model), width=width, height=height, seconds=seconds, fps=fps, steps=steps,
+                device=device, prompt=prompt)  # fmt: skip
+    code = "import json, sys; from kinema.pipeline import _bench_child; _bench_child(json.loads(sys.argv[1]))"
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if res.returncode != 0:
+        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+        why = lines[-1].removeprefix("error: ") if lines else f"exit code {res.returncode}"
+        raise KinemaError(f"bench generate failed: {why}")
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    return [dict(model=str(model), size=f"{row['width']}x{row['height']}", frames=row["frames"],
+                 wall_s=wall, startup_s=wall - row["load_s"] - row["generate_s"], load_s=row["load_s"],
+                 generate_s=row["generate_s"], peak_rss_mib=row["peak_rss_mib"])]  # fmt: skip

@@ -1,0 +1,261 @@
+"""Train the video compression network (`kinema train vae`).
+
+One loop for one CPU process and for `torchrun --nproc_per_node N` (DDP: the VAE is small).
+Each step draws one size and one length for the whole global batch, so images (1 frame) and
+videos of several sizes and aspect ratios train in one run. The batch of step s on rank r is a
+pure function of (seed, s, r): resuming needs no data state, only the step.
+
+Data: `world` renders Kinema World clips on the fly; a manifest (JSONL with a `path` per row,
+as written by `kinema world dataset` or `kinema data index`) reads real videos and crops them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kinema.errors import KinemaError
+from kinema.train.common import (
+    EMA,
+    Dist,
+    Logger,
+    all_reduce_mean,
+    apply_train_state,
+    init_distributed,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    shutdown,
+    train_state,
+)
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    vae: str = "tiny"                     # a preset of kinema.vae.PRESETS
+    data: str = "world"                   # "world" or a manifest .jsonl
+    steps: int = 20000
+    batch: int = 4                        # clips per step, over all ranks
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    frames: tuple[int, ...] = (1, 9, 17)  # clip lengths drawn per step (1 + 4k)
+    sizes: tuple[tuple[int, int], ...] = ((64, 64), (64, 96), (96, 64), (48, 80), (80, 48))  # (h, w)
+    l1: float = 1.0
+    ssim: float = 0.2
+    kl: float = 1e-6
+    seed: int = 0
+    ckpt_every: int = 500
+    keep: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.steps < 1:
+            raise KinemaError("--batch and --steps must be >= 1")
+        for f in self.frames:
+            if f < 1 or (f - 1) % 4:
+                raise KinemaError(f"--frames: every clip length must be 1 + 4k (1, 5, 9, 17, ...); got {f}")
+        for h, w in self.sizes:
+            if h % 8 or w % 8 or h < 8 or w < 8:
+                raise KinemaError(f"--sizes: height and width must be multiples of 8; got {h}x{w}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VAETrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if "frames" in d:
+            d["frames"] = tuple(d["frames"])
+        if "sizes" in d:
+            d["sizes"] = tuple(tuple(s) for s in d["sizes"])
+        return cls(**d)
+
+
+# ---------------------------------------------------------------- data
+
+def step_plan(cfg: VAETrainConfig, step: int) -> tuple[int, int, int]:
+    """(frames, height, width) of every clip at this step: the same on every rank."""
+    rng = np.random.default_rng([cfg.seed, step, 7])
+    frames = int(rng.choice(cfg.frames))
+    h, w = cfg.sizes[int(rng.integers(len(cfg.sizes)))]
+    return frames, h, w
+
+
+def world_batch(cfg: VAETrainConfig, step: int, indices: range) -> torch.Tensor:
+    """Kinema World clips number `indices` of step `step`: (B, 3, T, H, W) in [-1, 1]."""
+    from kinema.video import to_model
+    from kinema.world.render import random_spec, render
+
+    frames, h, w = step_plan(cfg, step)
+    clips = []
+    for i in indices:
+        rng = np.random.default_rng([cfg.seed, step, i])
+        spec = random_spec(rng)
+        fps = float(rng.choice([8, 12, 16, 24]))
+        seconds = float(rng.uniform(1.0, 5.0))
+        clip = render(spec, w, h, seconds=seconds, fps=fps, seed=int(rng.integers(2**31)))
+        start = int(rng.integers(0, max(1, len(clip.frames) - frames + 1)))
+        x = clip.frames[start:start + frames]
+        if len(x) < frames:  # short clip: hold the last frame
+            x = np.concatenate([x, np.repeat(x[-1:], frames - len(x), 0)])
+        clips.append(to_model(x))
+    return torch.stack(clips)
+
+
+class ManifestData:
+    """Random crops of the clips listed in a manifest (rows with `path`, relative to it)."""
+
+    def __init__(self, manifest: str | Path):
+        manifest = Path(manifest)
+        if not manifest.is_file():
+            raise KinemaError(f"--data {manifest}: no such manifest (a .jsonl, or 'world')")
+        self.root = manifest.parent
+        self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        if not self.rows:
+            raise KinemaError(f"--data {manifest}: the manifest lists no clips")
+
+    def batch(self, cfg: VAETrainConfig, step: int, indices: range) -> torch.Tensor:
+        from kinema.video import read_video, to_model
+
+        frames, h, w = step_plan(cfg, step)
+        clips = []
+        for i in indices:
+            rng = np.random.default_rng([cfg.seed, step, i])
+            row = self.rows[int(rng.integers(len(self.rows)))]
+            start = int(rng.integers(0, max(1, int(row.get("frames", 1)) - frames + 1)))
+            v = read_video(self.root / row["path"], start_frame=start, max_frames=frames).frames.numpy()
+            v = _fit(v, frames, h, w, rng)
+            clips.append(to_model(v))
+        return torch.stack(clips)
+
+
+def _fit(v: np.ndarray, frames: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Hold the last frame up to `frames`; scale the short side to cover (h, w); random crop."""
+    from PIL import Image
+
+    if len(v) < frames:
+        v = np.concatenate([v, np.repeat(v[-1:], frames - len(v), 0)])
+    H, W = v.shape[1:3]
+    scale = max(h / H, w / W)
+    if scale != 1:
+        size = (max(w, round(W * scale)), max(h, round(H * scale)))
+        v = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in v])
+    H, W = v.shape[1:3]
+    y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+    return v[:, y:y + h, x:x + w]
+
+
+# ---------------------------------------------------------------- loop
+
+def lr_at(cfg: VAETrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, progress: bool = True) -> list[float]:
+    """Train; return the loss of every step run in this call (averaged over ranks)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from kinema.vae import PRESETS, CausalVAE, LossWeights, save_vae, vae_loss
+
+    if cfg.vae not in PRESETS:
+        raise KinemaError(f"unknown VAE preset {cfg.vae!r}; known: {', '.join(PRESETS)}")
+    d = init_distributed()
+    if cfg.batch % d.world_size:
+        raise KinemaError(f"--batch {cfg.batch} must be divisible by the number of processes ({d.world_size})")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = None if cfg.data == "world" else ManifestData(cfg.data)
+
+    torch.manual_seed(cfg.seed)
+    model = CausalVAE(PRESETS[cfg.vae]).to(d.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    ema = EMA(model, cfg.ema_decay)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + d.rank)
+
+    start = 0
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if ckpt is not None:
+        state = train_state(model, opt, ema)
+        meta = load_checkpoint(ckpt, state, d, {"posterior": gen})
+        apply_train_state(model, opt, state)
+        start = meta["step"]
+    if d.is_main:
+        (run_dir / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "vae": model.config.to_dict()}, indent=1))
+
+    net = DDP(model) if d.distributed else model
+    weights = LossWeights(l1=cfg.l1, ssim=cfg.ssim, kl=cfg.kl)
+    per_rank = cfg.batch // d.world_size
+    log = Logger(run_dir, d, total=cfg.steps, initial=start, desc="train vae") if progress else None
+    losses = []
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        idx = range(d.rank * per_rank, (d.rank + 1) * per_rank)
+        x = (world_batch(cfg, step, idx) if data is None else data.batch(cfg, step, idx)).to(d.device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        recon, posterior = net(x, generator=gen)
+        loss, parts = vae_loss(x, recon, posterior, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model)
+        mean_loss = float(all_reduce_mean(loss, d))
+        losses.append(mean_loss)
+        if log is not None:
+            frames, h, w = x.shape[2:]
+            log.log(step + 1, {"loss": mean_loss, "l1": parts["l1"], "ssim": parts["ssim"], "kl": parts["kl"],
+                               "grad_norm": float(gnorm), "lr": lr_at(cfg, step),
+                               "frames_per_s": cfg.batch * frames / (time.perf_counter() - t0)})
+        done = step + 1
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save_checkpoint(run_dir / "checkpoints", done, train_state(model, opt, ema), {"data": cfg.data}, d, {"posterior": gen}, keep=cfg.keep)
+    if log is not None:
+        log.close()
+    if d.is_main:
+        export = _ema_model(model, ema)
+        save_vae(export, run_dir / "export")
+    shutdown(d)
+    return losses
+
+
+def _ema_model(model: torch.nn.Module, ema: EMA) -> torch.nn.Module:
+    import copy
+
+    m = copy.deepcopy(model).cpu().eval()
+    ema.copy_to(m)
+    return m
+
+
+def fit_latent_stats(vae_dir: str | Path, clips: int = 32, seed: int = 12345) -> None:
+    """Measure per-channel latent mean/std on world clips and store them in the saved VAE."""
+    from kinema.vae import compute_latent_stats, load_vae, save_vae
+
+    vae = load_vae(vae_dir)
+    cfg = VAETrainConfig(seed=seed)
+    with torch.no_grad():
+        stats = compute_latent_stats(
+            vae.encode(world_batch(cfg, s, range(1))).mode() for s in range(clips)
+        )
+    vae.set_latent_stats(*stats)
+    save_vae(vae, vae_dir)
+
+
+def with_overrides(cfg: VAETrainConfig, **kw) -> VAETrainConfig:
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
+__all__ = ["VAETrainConfig", "train_vae", "fit_latent_stats", "step_plan", "world_batch", "Dist"]

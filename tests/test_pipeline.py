@@ -1,0 +1,297 @@
+"""Every task end to end through the Pipeline and the CLI, on a random-init tiny model exported
+like a trained one. Each test checks what holds for any model by construction: shapes and
+frame counts, pinned latents equal to the encoded inputs, inputs kept whole, the loop's seam
+plan, SDEdit's two ends, determinism, bounded memory of long videos, and clean CLI errors."""
+
+import gc
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from kinema import cli, tasks
+from kinema.errors import KinemaError
+from kinema.pipeline import Pipeline, bench_generate, make_test_pipeline
+from kinema.train.dit import load_export
+from kinema.video import Video, read_video, write_video
+
+FAST = dict(steps=2, progress=False)
+SIZE = dict(width=32, height=32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: on a shared 2-core machine a second OpenMP thread only waits for the first."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_test_pipeline(tmp_path_factory.mktemp("model") / "run" / "export")
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    return Pipeline.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def clip(pipe):
+    """A 13-frame clip (4 latent frames) at 8 fps made by the model itself."""
+    return pipe.generate("a red ball falls", seconds=1.5, fps=8, seed=1, **SIZE, **FAST).video
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_from_pretrained_loads_an_export_or_its_run_folder(model_dir, pipe):
+    dit, text = load_export(model_dir)
+    for name, p in dit.state_dict().items():
+        assert torch.equal(p, pipe.dit.state_dict()[name]), name
+    assert not any(p.is_meta for p in pipe.dit.parameters())
+    run = Pipeline.from_pretrained(model_dir.parent)  # the run folder: its export/
+    assert torch.equal(run.dit.final.out.weight, pipe.dit.final.out.weight)
+
+
+def test_unknown_or_missing_models_are_clear_errors(tmp_path):
+    with pytest.raises(KinemaError, match="unknown model"):
+        Pipeline.from_pretrained("no-such-model")
+    with pytest.raises(KinemaError, match="pipeline.json"):
+        Pipeline.from_pretrained(tmp_path)
+    from kinema.pipeline import WORLD_DIR
+
+    if not (WORLD_DIR / "pipeline.json").is_file():
+        with pytest.raises(KinemaError, match="shipped world model"):
+            Pipeline.from_pretrained("world")
+
+
+# ---------------------------------------------------------------- text -> video, image
+
+
+def test_generate_any_size_and_duration(pipe):
+    out = pipe.generate("a red ball", width=48, height=32, seconds=1, fps=8, **FAST)
+    assert out.frames.shape == (9, 32, 48, 3) and out.frames.dtype == torch.uint8 and out.fps == 8
+    assert out.latent.shape == (16, 3, 4, 6) and out.caption == "a red ball"
+    assert pipe.image("a red ball", 16, 48, **FAST).frames.shape == (1, 48, 16, 3)
+
+
+def test_generate_is_deterministic_per_seed_with_euler_and_heun(pipe):
+    a = pipe.generate("a red ball", seconds=1, fps=8, seed=3, guidance=3.0, **SIZE, **FAST)
+    b = pipe.generate("a red ball", seconds=1, fps=8, seed=3, guidance=3.0, **SIZE, **FAST)
+    c = pipe.generate("a red ball", seconds=1, fps=8, seed=4, guidance=3.0, **SIZE, **FAST)
+    h = pipe.generate("a red ball", seconds=1, fps=8, seed=3, guidance=3.0, method="heun", **SIZE, **FAST)
+    assert torch.equal(a.latent, b.latent) and not torch.equal(a.latent, c.latent)
+    assert h.frames.shape == a.frames.shape and not torch.equal(h.latent, a.latent)
+
+
+def test_negative_prompt_matters_only_with_guidance(pipe):
+    kw = dict(seconds=1, fps=8, seed=0, **SIZE, **FAST)
+    plain = pipe.generate("a red ball", guidance=3.0, **kw)
+    assert not torch.equal(plain.latent, pipe.generate("a red ball", guidance=3.0, negative_prompt="blue", **kw).latent)
+    one = pipe.generate("a red ball", guidance=1.0, **kw)
+    assert torch.equal(one.latent, pipe.generate("a red ball", guidance=1.0, negative_prompt="blue", **kw).latent)
+
+
+def test_prompt_expansion(pipe):
+    assert not pipe.expand  # an export of a run not on Kinema World: prompts as they are
+    caption = pipe.caption("a red ball bounces on green grass", seed=0, expand=True)
+    assert caption.startswith("A ") and "green grass" in caption and "red ball" in caption
+    with pytest.raises(KinemaError, match="giraffe"):
+        pipe.generate("a giraffe", expand=True, **SIZE, **FAST)
+
+
+def test_bad_sizes_and_durations_raise(pipe, clip):
+    with pytest.raises(KinemaError, match="32x32"):
+        pipe.generate("x", width=30, height=32, **FAST)
+    tries = [
+        lambda: pipe.generate("x", seconds=0, **SIZE, **FAST),
+        lambda: pipe.extend(clip, "x", seconds=0, **FAST),
+        lambda: pipe.connect(clip, clip, "x", seconds=-1, **FAST),
+        lambda: pipe.loop("x", seconds=0, **SIZE, **FAST),
+    ]
+    for task in tries:
+        with pytest.raises(KinemaError, match="seconds"):
+            task()
+    with pytest.raises(KinemaError, match="5 frames"):
+        pipe.extend(clip.frames[:3], "x", "backward", **FAST)  # too short to continue from its start
+
+
+# ---------------------------------------------------------------- conditioned tasks
+
+
+def test_animate_pins_the_image_and_starts_with_its_reconstruction(pipe, clip):
+    image = clip.frames[6]
+    out = pipe.animate(image, "a red ball", seconds=1, fps=8, **FAST)
+    z = pipe.encode(image[None])
+    assert torch.equal(out.latent[:, :1], z)
+    assert torch.equal(out.frames[0], pipe.decode(z)[0])  # causal decoder: frame 0 reads latent 0 only
+    assert out.frames.shape == (9, 32, 32, 3)
+
+
+def test_animate_keeps_an_odd_sized_image_size(pipe):
+    image = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    assert pipe.animate(image, "x", seconds=1, fps=8, **FAST).frames.shape == (9, 24, 40, 3)
+
+
+def test_extend_forward_pins_the_input_tail_and_keeps_the_input(pipe, clip):
+    out = pipe.extend(clip, "x", "forward", seconds=1.0, **FAST)  # 8 frames = 2 new latents
+    T = len(clip.frames)
+    assert torch.equal(out.frames[:T], clip.frames) and len(out.frames) == T + 8
+    assert out.plan.pinned.tolist() == [True, True, False, False]
+    assert torch.equal(out.latent[:, :2], pipe.encode(clip.frames[T - tasks.tail_span(2) :]))
+
+
+def test_extend_backward_pins_the_input_head_and_keeps_the_input(pipe, clip):
+    out = pipe.extend(clip, "x", "backward", seconds=1.0, **FAST)
+    T = len(clip.frames)
+    assert torch.equal(out.frames[-T:], clip.frames) and len(out.frames) == T + 8
+    assert out.plan.pinned.tolist() == [False, False, False, True, True]
+    head = tasks.head_context(pipe.encode(clip.frames[: tasks.head_span(2)]))
+    assert torch.equal(out.latent[:, -2:], head)
+
+
+def test_connect_starts_at_a_tail_and_ends_at_b_head(pipe, clip):
+    other = pipe.generate("a blue square", seconds=1, fps=8, seed=2, **SIZE, **FAST).video
+    out = pipe.connect(clip, other, "x", seconds=1.0, **FAST)  # 2 middle latents -> 7 frames
+    Ta, Tb = len(clip.frames), len(other.frames)
+    assert len(out.frames) == Ta + 7 + Tb
+    assert torch.equal(out.frames[:Ta], clip.frames) and torch.equal(out.frames[-Tb:], other.frames)
+    assert torch.equal(out.latent[:, :2], pipe.encode(clip.frames[Ta - 5 :]))
+    assert torch.equal(out.latent[:, -2:], tasks.head_context(pipe.encode(other.frames[:9])))
+
+
+def test_loop_bridges_the_clip_tail_back_to_its_head(pipe):
+    out = pipe.loop("a red ball", seconds=3, fps=8, **SIZE, **FAST)  # K = 6: 24 frames
+    frames = out.frames
+    assert len(frames) == 24
+    m = int((~out.plan.pinned).sum())  # bridge latents
+    clip = frames[: len(frames) - (4 * m - 1)]  # the clip, then the bridge's middle frames
+    assert len(clip) == 1 + 4 * (6 - m)
+    # the seam after the last frame: the bridge was sampled from the clip's tail to its head
+    assert torch.equal(out.latent[:, :2], pipe.encode(clip[len(clip) - 5 :]))
+    assert torch.equal(out.latent[:, -2:], tasks.head_context(pipe.encode(clip[:9])))
+    assert out.plan.pinned.tolist() == [True, True] + [False] * m + [True, True]
+
+
+def test_edit_strength_zero_is_the_reconstruction_and_one_ignores_the_input(pipe, clip):
+    video = Video(clip.frames[:7], clip.fps)  # 7 frames: padded to 9 inside, cropped back
+    same = pipe.edit(video, "x", 0.0, **FAST)
+    padded = torch.cat([video.frames, video.frames[-1:].expand(2, -1, -1, -1)])
+    assert torch.equal(same.frames, pipe.decode(pipe.encode(padded))[:7])
+    a = pipe.edit(clip, "a red ball", 1.0, seed=5, **FAST)
+    b = pipe.edit(clip.frames.flip(0), "a red ball", 1.0, seed=5, **FAST)
+    t2v = pipe.generate("a red ball", seconds=1.5, fps=8, seed=5, **SIZE, **FAST)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.frames, t2v.frames)
+    half = pipe.edit(clip, "x", 0.5, **FAST)
+    assert half.frames.shape == clip.frames.shape
+
+
+def alive(shape_test) -> int:
+    """Frames held by live tensors that pass shape_test (counted through the garbage collector)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sum(o.shape[0] if o.dtype == torch.uint8 else o.shape[1]
+                   for o in gc.get_objects() if issubclass(type(o), torch.Tensor) and shape_test(o))  # fmt: skip
+
+
+def test_long_video_memory_does_not_grow_with_windows(pipe, tmp_path):
+    latents = lambda o: o.ndim == 4 and o.shape[0] == 16 and tuple(o.shape[2:]) == (4, 4)  # noqa: E731
+    pixels = lambda o: o.dtype == torch.uint8 and o.ndim == 4 and tuple(o.shape[1:]) == (32, 32, 3)  # noqa: E731
+    kw = dict(width=32, height=32, fps=8, **FAST)
+    held, total = [], 0
+    for win in pipe.long_windows("a red ball", seconds=10, window=1.5, **kw):  # 81 frames, 4-latent windows
+        total += len(win.frames)
+        held.append((alive(latents), alive(pixels), win.latent_frames_held, win.pixel_frames_held))
+        del win
+    assert total == 81 and len(held) == 10
+    assert len(set(held[1:-1])) == 1  # the same latent and pixel frames held at every window
+    assert held[1][2] == 4 + 2 and held[1][3] == tasks.tail_span(2)  # one window + its 2 context latents
+    out = pipe.long("a red ball", seconds=3, window=1.5, out=tmp_path / "long.mp4", **kw)
+    assert out.video is None and read_video(out.path).frames.shape == (25, 32, 32, 3)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """`kinema ARGS` in this process, through cli.main: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["kinema", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_cli_runs_every_task(model_dir, clip, tmp_path, monkeypatch, capsys):
+    video, image = tmp_path / "in.mp4", tmp_path / "in.png"
+    write_video(video, clip.frames, clip.fps)
+    write_video(image, clip.frames[:1], clip.fps)
+    common = ["--model", model_dir, "--steps", 2]
+    runs = {
+        "generate.mp4": (["generate", "a red ball", "--size", "48x32", "--seconds", 1, "--fps", 8], (9, 32, 48)),
+        "long.mp4": (["generate", "x", "--size", "32x32", "--seconds", 3, "--fps", 8, "--window", 1.5], (25, 32, 32)),
+        "image.png": (["image", "a red ball", "--size", "32x16"], (1, 16, 32)),
+        "animate.mp4": (["animate", image, "x", "--seconds", 1, "--fps", 8, "--sampler", "heun"], (9, 32, 32)),
+        "extend.mp4": (["extend", video, "x", "--direction", "backward", "--seconds", 1], (21, 32, 32)),
+        "loop.gif": (["loop", "x", "--size", "32x32", "--seconds", 2, "--fps", 8], (16, 32, 32)),
+        "connect.mp4": (["connect", video, video, "x", "--seconds", 0.5], (13 + 3 + 13, 32, 32)),
+        "edit.mp4": (["edit", video, "x", "--strength", 0.5, "--negative", "blue", "--guidance", 2], (13, 32, 32)),
+    }  # fmt: skip
+    for name, (args, shape) in runs.items():
+        code, out, err = run_cli(monkeypatch, capsys, *args, *common, "--out", tmp_path / name)
+        assert code == 0, (name, err)
+        assert "caption:" in out and "wrote" in out
+        assert read_video(tmp_path / name).frames.shape[:3] == shape, name
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["generate", "x", "--size", "30x32"], ["multiples of 16", "32x32"]),
+        (["generate", "x", "--seconds", "0"], ["seconds"]),
+        (["generate", "x", "--model", "no-such-model"], ["unknown model"]),
+        (["animate", "NOT_AN_IMAGE", "x"], ["cannot read"]),
+        (["edit", "NOT_A_VIDEO", "x"], ["cannot"]),
+        (["image", "x", "--size", "big"], ["--size"]),
+        (["extend", "NOT_A_VIDEO", "x", "--direction", "sideways"], ["direction"]),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2_and_no_file(model_dir, tmp_path, monkeypatch, capsys, args, words):
+    (tmp_path / "bad.png").write_text("not an image")
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
+    args = [a.replace("NOT_AN_IMAGE", str(tmp_path / "bad.png")).replace("NOT_A_VIDEO", str(tmp_path / "bad.mp4"))
+            for a in args]  # fmt: skip
+    if "--model" not in args:
+        args += ["--model", str(model_dir)]
+    out_file = tmp_path / ("x.png" if args[0] == "image" else "x.mp4")
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--out", out_file)
+    assert code == 2, (out, err)
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    for w in words:
+        assert w in err
+    assert not out_file.exists()
+
+
+def test_cli_in_a_fresh_process_and_bench_generate(model_dir, tmp_path, monkeypatch):
+    res = subprocess.run([sys.executable, "-m", "kinema.cli", "generate", "x", "--model", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
+    monkeypatch.setenv("KINEMA_THREADS", "1")
+    (row,) = bench_generate(str(model_dir), 32, 32, seconds=1.0, fps=8, steps=2)
+    assert row["frames"] == 9 and row["size"] == "32x32"
+    assert row["wall_s"] > row["load_s"] + row["generate_s"] > 0 and row["peak_rss_mib"] > 50
+    json.dumps(row)
+
+
+def test_eval_model_source_answers_any_suite_size(model_dir):
+    from kinema.eval.suite import model_source
+
+    frames = model_source(str(model_dir))("a red ball", 40, 20, 1.0, 8.0, 0)
+    assert frames.shape == (9, 20, 40, 3) and frames.dtype == np.uint8
