@@ -310,6 +310,39 @@ def data_encode(
 
 # ---------------------------------------------------------------- train
 
+@train_app.command("vae")
+def train_vae_cmd(
+    run: Path = typer.Argument(..., help="Run folder (config.json, tb/, checkpoints/, export/). An existing run resumes exactly."),
+    data: str = typer.Option("world", help="'world' (Kinema World rendered on the fly) or a manifest .jsonl of real videos."),
+    vae: str = typer.Option("tiny", help="VAE preset: tiny, small or base."),
+    steps: int = typer.Option(20000, min=1, help="Total optimizer steps."),
+    batch: int = typer.Option(4, min=1, help="Clips a step, over all processes."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (warmup, then cosine to 10%)."),
+    frames: str = typer.Option("1,9,17", help="Clip lengths drawn per step, each 1 + 4k; 1 trains on images."),
+    sizes: str = typer.Option("64x64,96x64,64x96,80x48,48x80", help="Clip sizes WIDTHxHEIGHT drawn per step, multiples of 8."),
+    seed: int = typer.Option(0, help="Seed of the data and the initial weights."),
+    ckpt_every: int = typer.Option(500, min=1, help="Steps between checkpoints."),
+) -> None:
+    """Train the causal 3D VAE (L1 + SSIM + KL). Many processes: torchrun --nproc_per_node N -m kinema.cli train vae RUN (DDP).
+
+    The EMA weights are exported to RUN/export (safetensors + config.json) at the end.
+    """
+    from kinema.train.vae import VAETrainConfig, train_vae
+
+    try:
+        lengths = tuple(int(f) for f in frames.split(","))
+    except ValueError:
+        raise KinemaError(f"--frames takes comma-separated integers, e.g. 1,9,17; got {frames!r}") from None
+    shapes = tuple(parse_size(s)[::-1] for s in sizes.split(","))
+    cfg = VAETrainConfig(vae=vae, data=data, steps=steps, batch=batch, lr=lr, frames=lengths, sizes=shapes,
+                         seed=seed, ckpt_every=ckpt_every)  # fmt: skip
+    losses = train_vae(cfg, run)
+    if losses:
+        typer.echo(f"trained to step {steps}, last loss {losses[-1]:.4f}; EMA weights in {run / 'export'}")
+    else:
+        typer.echo(f"{run} is already at step {steps}; raise --steps to train further")
+
+
 @train_app.command("dit")
 def train_dit_cmd(
     run: Path = typer.Argument(..., help="Run folder (config.json, tb/, metrics.jsonl, checkpoints/, export/). An existing run resumes exactly."),
@@ -375,6 +408,18 @@ def eval_world(
     typer.echo(f"wrote {paths['scores']} and {paths['report']} (with clips/ and metrics/ PNGs)")
 
 
+@eval_app.command("vae")
+def eval_vae_cmd(
+    model: str = typer.Option("world-vae", help="A shipped VAE name or a folder written by save_vae (e.g. RUN/export)."),
+    clips: int = typer.Option(8, min=1, help="Held-out clips per size."),
+    frames: int = typer.Option(17, min=1, help="Frames a clip (1 + 4k)."),
+) -> None:
+    """PSNR, SSIM, compression ratio and encode/decode speed on held-out Kinema World clips, at a trained size and two unseen sizes."""
+    from kinema.vae.evaluate import evaluate_vae
+
+    print_table(evaluate_vae(model, clips=clips, frames=frames))
+
+
 @eval_app.command("calibrate")
 def eval_calibrate(
     suite: str = typer.Option("quick", help="Prompt suite: quick or full."),
@@ -419,6 +464,22 @@ def bench_dit_cmd(
     except ValueError:
         raise KinemaError(f"--tokens must be comma-separated whole numbers; got {tokens!r}") from None
     print_table(bench_dit(configs=names, tokens=counts, steps=steps))
+
+
+@bench_app.command("vae")
+def bench_vae_cmd(
+    model: str = typer.Option("world-vae", help="A shipped VAE name, a save_vae folder, or a preset (tiny, small, base) with random weights."),
+    lengths: str = typer.Option("17,65,257", help="Clip lengths to encode + decode, comma-separated."),
+    size: int = typer.Option(128, min=8, help="Square frame size in pixels."),
+) -> None:
+    """Peak memory (RSS on a CPU, max allocated on a GPU) and time to encode + decode clips of growing length."""
+    from kinema.vae.evaluate import bench_vae
+
+    try:
+        counts = tuple(int(v) for v in lengths.split(","))
+    except ValueError:
+        raise KinemaError(f"--lengths takes comma-separated integers; got {lengths!r}") from None
+    print_table(bench_vae(model, counts, size))
 
 
 @bench_app.command("generate")
