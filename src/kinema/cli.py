@@ -505,7 +505,7 @@ def print_table(rows: list[dict]) -> None:
         table.add_column(key, justify="right")
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes get every column
 
 
 def main() -> None:

@@ -460,7 +460,7 @@ class CausalVAE(nn.Module):
             valid = ", ".join(str(1 + f * k) for k in range(5))
             raise KinemaError(
                 f"VAE input has {t} frames; a clip must have 1 + {f}k frames ({valid}, ...). "
-                f"Pad it with kinema.vae.pad_to_multiple(x) (repeats the last frame) and "
+                f"Pad it with kinema.vae.pad_to_multiple(x, time={f}) (repeats the last frame) and "
                 f"crop the decoded clip back with kinema.vae.crop(y, size)"
             )
         if b == 0 or h == 0 or w == 0:
