@@ -26,14 +26,6 @@ from kinema.vae import CausalVAE, VAEConfig, save_vae
 from kinema.video import write_video
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two threads on two shared cores spin against other processes; one is many times faster
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_vae(seed: int = 0) -> CausalVAE:
     torch.manual_seed(seed)

@@ -6,7 +6,6 @@ from kinema.errors import KinemaError
 from kinema.flow import flow_loss, interpolate, velocity
 from kinema.patches import grid_size, pack, patchify, positions, unpack, unpatchify
 
-torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 CFG = DiTConfig(hidden=64, depth=2, heads=4, in_channels=4, text_dim=32)  # head dim 16: rope (4, 6, 6)

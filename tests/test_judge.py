@@ -18,7 +18,7 @@ from kinema.eval import judge as J
 from kinema.eval import suite as S
 from kinema.world.physics import GRAVITY
 from kinema.world.render import render
-from kinema.world.spec import COLORS, GROUND_COLORS, OCCLUDER_COLOR, SHAPES, SIZES, SKY_COLORS, BrushSpec, ObjectSpec, SceneSpec
+from kinema.world.spec import COLORS, GROUND_COLORS, SHAPES, SIZES, SKY_COLORS, BrushSpec, ObjectSpec, SceneSpec
 
 W, H, FPS = 160, 90, 12.0
 GROUND_Y = 70  # rows >= this are ground in hand-made clips

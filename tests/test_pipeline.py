@@ -23,14 +23,6 @@ FAST = dict(steps=2, progress=False)
 SIZE = dict(width=32, height=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared 2-core machine a second OpenMP thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

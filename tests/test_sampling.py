@@ -13,14 +13,6 @@ from kinema.tasks import connect, sdedit, text_to_video
 SHAPE = (16, 3, 4, 6)  # (C, T, H, W): 3 latent frames of 4 x 6 cells -> 18 tokens
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared 2-core machine a second OpenMP thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def dit():

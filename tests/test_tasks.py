@@ -11,14 +11,6 @@ from kinema.vae import CausalVAE, VAEConfig
 C, H, W = 16, 4, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared 2-core machine a second OpenMP thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def latent(frames: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(C, frames, H, W, generator=torch.Generator().manual_seed(seed))

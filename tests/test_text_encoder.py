@@ -14,7 +14,6 @@ from kinema.text import (
     load_text_encoder,
 )
 
-torch.set_num_threads(1)
 CAPTIONS = ["A red ball bounces on green grass.", "Two blue squares slide left", ""]
 SMALL = TextEncoderConfig(dim=32, depth=2, heads=2, max_length=16)
 

@@ -28,13 +28,6 @@ from kinema.train.dit import (
 SMALL = dict(hidden=64, depth=2, heads=2, text_dim=32, text_depth=1, text_heads=2, warmup=0, lr=1e-3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def cache(tmp_path):

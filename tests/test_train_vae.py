@@ -13,13 +13,6 @@ from kinema.vae import load_vae
 SMALL = dict(vae="tiny", steps=4, batch=2, frames=(1, 5), sizes=((16, 16), (16, 24)), ckpt_every=2, warmup=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_resume_is_exact(tmp_path):
     cfg = VAETrainConfig(**SMALL)

@@ -30,12 +30,8 @@ MICRO = VAEConfig(base_channels=8, channel_mults=(1, 2, 2, 2), num_res_blocks=1)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_seeded():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded():
     torch.manual_seed(0)  # every test builds its models from the same seed, whatever ran before
-    yield
-    torch.set_num_threads(threads)
 
 
 def scrambled(config: VAEConfig = MICRO, seed: int = 0) -> CausalVAE:

@@ -34,7 +34,6 @@ the export); a frozen `hf:DIR` encoder is not, and its embeddings can come from 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os

@@ -44,7 +44,6 @@ def evaluate_vae(model: str = "world-vae", clips: int = 8, frames: int = 17,
     from kinema.vae import load_vae, psnr, ssim
 
     vae = load_vae(model)
-    cfg = vae.config
     rows = []
     for h, w in sizes:
         x = held_out_clips(clips, frames, h, w)
