@@ -103,6 +103,15 @@ def test_shapes(frames):
     assert MICRO.num_frames(posterior.mean.shape[2]) == frames
 
 
+@pytest.mark.parametrize("name", ["tiny", "small"])  # base: counted above, too big to build here
+def test_presets_encode_and_decode(name):
+    model = CausalVAE(PRESETS[name]).eval()
+    with torch.no_grad():
+        z = model.encode(video(5)).mode()
+        assert z.shape == (1, 16, 2, 2, 2)
+        assert model.decode(z).shape == (1, 3, 5, 16, 16)
+
+
 def test_other_compressions_use_the_same_code():
     config = VAEConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, temporal_downsample=(True, True),
                        latent_channels=4)
@@ -232,6 +241,14 @@ def test_tiles_and_chunks_compose():
     assert (y_tiled - y_both).abs().max() <= 1e-4
 
 
+def test_default_overlap_is_a_quarter_tile():
+    model = scrambled()
+    z = torch.randn(1, 16, 2, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.decode(z, tile=4), model.decode(z, tile=4, overlap=1))
+        assert not torch.equal(model.decode(z, tile=4), model.decode(z, tile=4, overlap=2))
+
+
 def test_one_tile_is_the_whole():
     model = scrambled()
     z = torch.randn(1, 16, 2, 3, 3)
@@ -263,12 +280,16 @@ def test_bad_latent_and_options_raise():
     model = CausalVAE(MICRO)
     with pytest.raises(KinemaError, match="16 channels"):
         model.decode(torch.zeros(1, 4, 2, 2, 2))
+    with pytest.raises(KinemaError, match="float tensor"):
+        model.decode(torch.zeros(16, 2, 2, 2))  # no batch axis
     with pytest.raises(KinemaError, match="float"):
         model.encode(torch.zeros(1, 3, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(KinemaError, match="chunk"):
         model.decode(torch.zeros(1, 16, 2, 2, 2), chunk=0)
     with pytest.raises(KinemaError, match="overlap"):
         model.encode(torch.zeros(1, 3, 1, 16, 16), tile=2, overlap=2)
+    with pytest.raises(KinemaError, match="16 channels"):
+        model.decode_stream(torch.zeros(1, 3, 2, 2, 2))  # raised at the call, not at the first frame
 
 
 # ------------------------------------------------------------------------------ padding
@@ -371,6 +392,14 @@ def test_ssim_values():
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
+def test_vae_loss_parts():
+    x = torch.zeros(1, 3, 1, 16, 16)
+    q = DiagonalGaussian(torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 16, 1, 2, 2), (1, 16, 16))
+    loss, parts = vae_loss(x, x + 0.5, q, LossWeights(l1=1.0, mse=2.0, ssim=0.0, kl=1.0))
+    assert parts["l1"] == pytest.approx(0.5) and parts["mse"] == pytest.approx(0.25) and parts["kl"] == 0.0
+    assert loss.item() == pytest.approx(0.5 + 2 * 0.25)
+
+
 def test_kl_of_standard_normal_is_zero():
     z = torch.randn(1, 4, 2, 2, 2)
     q = DiagonalGaussian(z, torch.zeros_like(z), (5, 16, 16))
@@ -379,18 +408,16 @@ def test_kl_of_standard_normal_is_zero():
 
 
 def test_overfit_one_clip_lowers_the_loss():
-    torch.manual_seed(0)
     model = CausalVAE(MICRO)
     x = gradient_video(5, 16) * torch.linspace(1, 0.5, 5).view(1, 1, 5, 1, 1)  # fades in time
     x[:, :, :, 4:10, 3:9] = torch.tensor([0.8, -0.6, 0.2]).view(1, 3, 1, 1, 1)  # a flat square
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):
-        recon, posterior = model(x, generator=gen)
+        recon, posterior = model(x, sample=False)  # the posterior mean: a 40-step curve without noise
         loss, parts = vae_loss(x, recon, posterior, LossWeights())
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(parts["loss"])
-    assert min(losses[-5:]) < 0.5 * losses[0], losses
+    assert min(losses[-5:]) < 0.6 * losses[0], losses

@@ -42,7 +42,7 @@ class VAETrainConfig:
     data: str = "world"                   # "world" or a manifest .jsonl
     steps: int = 20000
     batch: int = 4                        # clips per step, over all ranks
-    lr: float = 1e-3
+    lr: float = 2e-4
     warmup: int = 200
     weight_decay: float = 0.0
     grad_clip: float = 1.0

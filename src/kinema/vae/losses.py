@@ -1,6 +1,6 @@
 """Training losses and evaluation metrics of the VAE.
 
-loss = l1 * |x - x_hat| + ssim * (1 - SSIM(x, x_hat)) + kl * KL(q(z|x) || N(0, 1))
+loss = l1 * |x - x_hat| + mse * (x - x_hat)^2 + ssim * (1 - SSIM(x, x_hat)) + kl * KL(q(z|x) || N(0, 1))
 
 every term a mean (over pixels / latent elements), so weights do not depend on the clip size.
 The KL weight is small: it only keeps the latent from drifting in scale; `normalize_latent`
@@ -96,6 +96,7 @@ def kl_loss(posterior: DiagonalGaussian) -> torch.Tensor:
 @dataclass(frozen=True)
 class LossWeights:
     l1: float = 1.0
+    mse: float = 0.0
     ssim: float = 0.2
     kl: float = 1e-4
 
@@ -107,9 +108,10 @@ def vae_loss(
     weights: LossWeights = LossWeights(),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss on clips in [-1, 1] and its parts (floats, for logging)."""
-    l1 = (recon - x).abs().mean()
-    s = ssim(recon, x) if weights.ssim else torch.zeros((), device=x.device)
+    err = recon - x
+    l1, mse = err.abs().mean(), err.pow(2).mean()
+    s = ssim(recon, x) if weights.ssim else torch.ones((), device=x.device)
     kl = kl_loss(posterior)
-    loss = weights.l1 * l1 + weights.ssim * (1.0 - s) + weights.kl * kl
-    parts = {"loss": loss.item(), "l1": l1.item(), "ssim": s.item(), "kl": kl.item()}
+    loss = weights.l1 * l1 + weights.mse * mse + weights.ssim * (1.0 - s) + weights.kl * kl
+    parts = {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "ssim": s.item(), "kl": kl.item()}
     return loss, parts

@@ -408,6 +408,18 @@ def _ramp(n: int, ramp: int, left: bool, right: bool) -> torch.Tensor:
     return w
 
 
+def _gather(pieces: Iterable[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    """Write time chunks into one preallocated tensor (no second copy, as torch.cat would make)."""
+    out, t0 = None, 0
+    for piece in pieces:  # (B, C, n, H, W)
+        if out is None:
+            out = piece.new_empty(shape)
+        out[:, :, t0 : t0 + piece.shape[2]] = piece
+        t0 += piece.shape[2]
+    assert out is not None and t0 == shape[2], (t0, shape)
+    return out
+
+
 # -------------------------------------------------------------------------------- the VAE
 
 
@@ -479,11 +491,16 @@ class CausalVAE(nn.Module):
             raise KinemaError(f"latent is empty: shape {tuple(z.shape)}")
 
     @staticmethod
-    def _check_chunking(chunk: int | None, tile: int | None, overlap: int) -> None:
+    def _check_chunking(chunk: int | None, tile: int | None, overlap: int | None) -> int:
+        """Validate the chunk / tile options; returns the overlap (default: a quarter of the tile)."""
         if chunk is not None and chunk < 1:
             raise KinemaError(f"chunk must be >= 1 latent frame; got {chunk}")
-        if tile is not None and not (tile >= 1 and 0 <= overlap < tile):
+        if tile is None:
+            return 0
+        overlap = tile // 4 if overlap is None else overlap
+        if not (tile >= 1 and 0 <= overlap < tile):
             raise KinemaError(f"tiles need tile >= 1 and 0 <= overlap < tile (latent units); got {tile}, {overlap}")
+        return overlap
 
     # -- chunks x tiles, one path for both directions
 
@@ -541,43 +558,54 @@ class CausalVAE(nn.Module):
     # -- public API
 
     def encode(
-        self, x: torch.Tensor, *, chunk: int | None = None, tile: int | None = None, overlap: int = 4
+        self, x: torch.Tensor, *, chunk: int | None = None, tile: int | None = None, overlap: int | None = None
     ) -> DiagonalGaussian:
         """Video (B, 3, 1 + 4k, H, W) in [-1, 1] -> posterior over (B, C, 1 + k, ceil(H/8), ceil(W/8)).
 
         H and W that are not multiples of 8 are padded by edge replication (posterior.size keeps
         the original size for `crop`). chunk: latent frames per time chunk after the first frame
-        (None: the whole clip at once). tile / overlap: spatial tiles in latent units.
+        (None: the whole clip at once). tile / overlap: spatial tiles in latent units (None: no
+        tiles / a quarter of the tile).
         """
         self._check_video(x)
-        self._check_chunking(chunk, tile, overlap)
+        overlap = self._check_chunking(chunk, tile, overlap)
         f, s = self.config.temporal_factor, self.config.spatial_factor
         x, size = pad_to_multiple(x.to(self.dtype), space=s, time=1)  # (B, 3, T, H8, W8)
         splits = self._splits(x.shape[2], 1, None if chunk is None else chunk * f)
-        moments = torch.cat(list(self._stream(self.encoder, x, splits, tile, overlap, s, 1)), dim=2)
+        b, _, t, h, w = x.shape
+        shape = (b, 2 * self.config.latent_channels, 1 + (t - 1) // f, h // s, w // s)
+        moments = _gather(self._stream(self.encoder, x, splits, tile, overlap, s, 1), shape)
         mean, logvar = moments.chunk(2, dim=1)  # (B, C, T', H', W') each
         return DiagonalGaussian(mean, logvar, size)
 
     def decode_stream(
-        self, z: torch.Tensor, *, chunk: int | None = 1, tile: int | None = None, overlap: int = 4
+        self, z: torch.Tensor, *, chunk: int | None = 1, tile: int | None = None, overlap: int | None = None
     ) -> Iterator[torch.Tensor]:
         """Decode a latent chunk by chunk, yielding pixel frames (B, 3, n, 8h, 8w) in order:
         1 frame for the first latent frame, then 4 * chunk frames a chunk. Memory stays bounded
-        however long z is, if the caller writes the frames out instead of keeping them."""
+        however long z is, if the caller writes the frames out instead of keeping them.
+
+        On Linux, glibc's malloc may keep freed chunk buffers and let resident memory creep over
+        a long run; a fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=131072, or mallopt at start-up)
+        keeps it flat."""
         self._check_latent(z)
-        self._check_chunking(chunk, tile, overlap)
+        overlap = self._check_chunking(chunk, tile, overlap)
         splits = self._splits(z.shape[2], 1, chunk)
-        yield from self._stream(self.decoder, z.to(self.dtype), splits, tile, overlap, 1, self.config.spatial_factor)
+        return self._stream(self.decoder, z.to(self.dtype), splits, tile, overlap, 1, self.config.spatial_factor)
 
     def decode(
-        self, z: torch.Tensor, *, chunk: int | None = None, tile: int | None = None, overlap: int = 4
+        self, z: torch.Tensor, *, chunk: int | None = None, tile: int | None = None, overlap: int | None = None
     ) -> torch.Tensor:
         """Latent (B, C, 1 + k, h, w) -> video (B, 3, 1 + 4k, 8h, 8w), roughly in [-1, 1] (not clamped).
 
         chunk: latent frames per time chunk after the first (None: the whole latent at once).
-        tile / overlap: spatial tiles in latent units.
+        tile / overlap: spatial tiles in latent units (None: no tiles / a quarter of the tile).
         """
-        return torch.cat(list(self.decode_stream(z, chunk=chunk, tile=tile, overlap=overlap)), dim=2)
+        self._check_latent(z)
+        b, _, t, h, w = z.shape
+        s = self.config.spatial_factor
+        shape = (b, self.config.in_channels, self.config.num_frames(t), h * s, w * s)
+        return _gather(self.decode_stream(z, chunk=chunk, tile=tile, overlap=overlap), shape)
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
