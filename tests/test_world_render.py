@@ -11,6 +11,7 @@ import pytest
 from kinema.errors import KinemaError
 from kinema.world.physics import GRAVITY, LAYER_RATES
 from kinema.world.render import layer_colors, random_spec, render
+from kinema.world.bench import BENCH_SPEC
 from kinema.world.spec import (
     COLORS,
     GROUND_COLORS,
@@ -22,17 +23,7 @@ from kinema.world.spec import (
 )
 
 RED_BALL_FALLS = SceneSpec(objects=(ObjectSpec("red", "medium", "ball", "fall"),))
-BUSY = SceneSpec(
-    objects=(
-        ObjectSpec("red", "medium", "ball", "roll", "right"),
-        ObjectSpec("blue", "small", "square", "slide", "left"),
-        ObjectSpec("yellow", "medium", "star", "shatter"),
-    ),
-    camera="pan right",
-    occluder=True,
-    brush=BrushSpec("magenta", "wave"),
-)
-
+BUSY = BENCH_SPEC  # rolls, slides, shatters, the post, a pan and a brush
 
 def obj(clip, i: int) -> dict:
     return clip.truth["objects"][i]

@@ -329,10 +329,7 @@ def train_vae_cmd(
     """
     from kinema.train.vae import VAETrainConfig, train_vae
 
-    try:
-        lengths = tuple(int(f) for f in frames.split(","))
-    except ValueError:
-        raise KinemaError(f"--frames takes comma-separated integers, e.g. 1,9,17; got {frames!r}") from None
+    lengths = parse_ints(frames, "--frames")
     shapes = tuple(parse_size(s)[::-1] for s in sizes.split(","))
     cfg = VAETrainConfig(vae=vae, data=data, steps=steps, batch=batch, lr=lr, frames=lengths, sizes=shapes,
                          seed=seed, ckpt_every=ckpt_every)  # fmt: skip
@@ -475,11 +472,7 @@ def bench_vae_cmd(
     """Peak memory (RSS on a CPU, max allocated on a GPU) and time to encode + decode clips of growing length."""
     from kinema.vae.evaluate import bench_vae
 
-    try:
-        counts = tuple(int(v) for v in lengths.split(","))
-    except ValueError:
-        raise KinemaError(f"--lengths takes comma-separated integers; got {lengths!r}") from None
-    print_table(bench_vae(model, counts, size))
+    print_table(bench_vae(model, parse_ints(lengths, "--lengths"), size))
 
 
 @bench_app.command("generate")
@@ -506,6 +499,14 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes get every column
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """'1,9,17' -> (1, 9, 17), or a KinemaError naming the option."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise KinemaError(f"{option} takes comma-separated integers, e.g. 1,9,17; got {text!r}") from None
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,6 @@ import torch
 from kinema.errors import KinemaError
 from kinema.train.common import (
     EMA,
-    Dist,
     Logger,
     all_reduce_mean,
     apply_train_state,
@@ -254,8 +253,4 @@ def fit_latent_stats(vae_dir: str | Path, clips: int = 32, seed: int = 12345) ->
     save_vae(vae, vae_dir)
 
 
-def with_overrides(cfg: VAETrainConfig, **kw) -> VAETrainConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
-
-
-__all__ = ["VAETrainConfig", "train_vae", "fit_latent_stats", "step_plan", "world_batch", "Dist"]
+__all__ = ["VAETrainConfig", "train_vae", "fit_latent_stats", "step_plan", "world_batch"]
