@@ -64,6 +64,25 @@ def test_unknown_or_missing_models_are_clear_errors(tmp_path):
             Pipeline.from_pretrained("world")
 
 
+def test_pack_model_writes_a_half_size_folder_that_generates_the_same(model_dir, pipe, tmp_path):
+    from kinema.pipeline import pack_model
+
+    packed = pack_model(model_dir, tmp_path / "packed", defaults={"fps": 8, "steps": 2}, expand=True)
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(packed) < 0.6 * size(model_dir)
+    again = Pipeline.from_pretrained(packed)
+    assert again.expand and again.defaults["fps"] == 8 and again.defaults["steps"] == 2
+    assert all(p.dtype == torch.float32 for p in again.dit.parameters())
+    kw = dict(seconds=1, fps=8, seed=0, expand=False, **SIZE, **FAST)
+    a, b = pipe.generate("a red ball", **kw), again.generate("a red ball", **kw)
+    assert (a.latent - b.latent).abs().max() < 0.05  # float16 weights: nearly the same sample
+    with pytest.raises(KinemaError, match="unknown defaults"):
+        pack_model(model_dir, tmp_path / "bad", defaults={"colour": 1})
+    with pytest.raises(KinemaError, match="no VAE"):
+        pack_model(model_dir, tmp_path / "bad", vae="no-such-vae")
+    assert not (tmp_path / "bad").exists()  # nothing written on bad input
+
+
 # ---------------------------------------------------------------- text -> video, image
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kinema.errors import KinemaError
-from kinema.train.vae import VAETrainConfig, step_plan, train_vae
+from kinema.train.vae import VAETrainConfig, _init_from, export_vae, step_plan, train_vae
 from kinema.vae import load_vae
 
 SMALL = dict(vae="tiny", steps=4, batch=2, frames=(1, 5), sizes=((16, 16), (16, 24)), ckpt_every=2, warmup=2)
@@ -32,6 +32,33 @@ def test_export_loads_and_reconstructs_shape(tmp_path):
     assert y.shape == x.shape
 
 
+def test_export_only_and_init_from_a_saved_vae(tmp_path):
+    from kinema.vae import CausalVAE, VAEConfig
+
+    train_vae(VAETrainConfig(**{**SMALL, "steps": 2}), tmp_path / "a", progress=False)
+    final = load_vae(tmp_path / "a" / "export")
+    (tmp_path / "a" / "export" / "vae.safetensors").unlink()
+    again = load_vae(export_vae(tmp_path / "a"))  # the checkpoint at step 2, exported anew
+    for (name, p), q in zip(final.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(p, q), name
+    model = CausalVAE(VAEConfig.tiny())
+    _init_from(model, str(tmp_path / "a" / "export"))
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), final.state_dict().values()))
+    with pytest.raises(KinemaError, match="shape differs"):
+        _init_from(CausalVAE(VAEConfig.small()), str(tmp_path / "a" / "export"))
+    with pytest.raises(KinemaError, match="not a VAE run"):
+        export_vae(tmp_path / "nothing")
+    # decoder fine-tuning: the encoder (so the latent space) is exactly the init's
+    tuned = train_vae(VAETrainConfig(**{**SMALL, "steps": 2, "init": str(tmp_path / "a" / "export"),
+                                        "freeze_encoder": True}), tmp_path / "b", progress=False)
+    assert len(tuned) == 2
+    b = load_vae(tmp_path / "b" / "export")
+    assert all(torch.equal(p, q) for p, q in zip(b.encoder.state_dict().values(), final.encoder.state_dict().values()))
+    assert not all(torch.equal(p, q) for p, q in zip(b.decoder.state_dict().values(), final.decoder.state_dict().values()))
+    with pytest.raises(KinemaError, match="needs --init"):
+        VAETrainConfig(**{**SMALL, "freeze_encoder": True})
+
+
 def test_steps_mix_images_videos_and_sizes():
     cfg = VAETrainConfig(**SMALL)
     plans = {step_plan(cfg, s) for s in range(40)}
@@ -49,3 +76,18 @@ def test_cli_bad_frames_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "kinema.cli", "train", "vae", str(tmp_path), "--frames", "4"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error:") and "1 + 4k" in res.stderr
+
+
+def test_ema_forgets_the_random_initialisation_early():
+    from kinema.train.common import EMA
+
+    model = torch.nn.Linear(4, 4)
+    warm, plain = EMA(model, 0.999), EMA(model, 0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for step in range(50):
+        warm.update(model, step)
+        plain.update(model)
+    assert (warm.shadow["weight"] - 1).abs().max() < 1e-3  # the weights of the last steps
+    assert (plain.shadow["weight"] - 1).abs().max() > 0.5  # ~95% still the initialisation
+    assert warm.decay_at(10**6) == 0.999

@@ -25,8 +25,12 @@ from kinema.vae import (
 )
 from kinema.vae.model import ResBlock
 
-# Smaller than tiny() for speed; the same code path.
+# Smaller than the presets for speed; the same code paths: full-resolution convolutions (as
+# small / base) and pixel unshuffle with time-only steps (as tiny).
 MICRO = VAEConfig(base_channels=8, channel_mults=(1, 2, 2, 2), num_res_blocks=1)
+MICRO_PATCH = VAEConfig(base_channels=8, channel_mults=(1, 1, 1), num_res_blocks=1, temporal_downsample=(True, True),
+                        spatial_downsample=(False, True), patch_size=4, shortcuts=True)
+LAYOUTS = pytest.mark.parametrize("config", [MICRO, MICRO_PATCH], ids=["full-res", "patch4"])
 
 
 @pytest.fixture(autouse=True)
@@ -76,13 +80,17 @@ def test_bad_configs_raise():
         VAEConfig(channel_mults=(1, 2), temporal_downsample=(True, True))
     with pytest.raises(KinemaError, match="latent_std"):
         VAEConfig(latent_std=(1.0,) * 3)
+    with pytest.raises(KinemaError, match="spatial_downsample"):
+        VAEConfig(spatial_downsample=(True,))
+    with pytest.raises(KinemaError, match="must halve"):
+        VAEConfig(channel_mults=(1, 1), temporal_downsample=(False,), spatial_downsample=(False,))
     with pytest.raises(KinemaError, match="unknown keys"):
         VAEConfig.from_dict({"base_channels": 8, "attention": True})
 
 
 def test_preset_sizes():
     tiny, small, base = (count_params(PRESETS[n]) for n in ("tiny", "small", "base"))
-    assert 200e3 <= tiny <= 2.5e6
+    assert 200e3 <= tiny <= 5e6  # <= 20 MB as float32: ships inside the package
     assert tiny < small < base
     assert 50e6 <= base <= 300e6  # counted on the meta device: nothing allocated
 
@@ -139,8 +147,9 @@ def test_image_is_a_one_frame_video():
 # ---------------------------------------------------------------------------- causality
 
 
-def test_encoder_is_causal():
-    model = scrambled()
+@LAYOUTS
+def test_encoder_is_causal(config):
+    model = scrambled(config)
     x = video(17)
     x2 = x.clone()
     x2[:, :, 9] += 0.5  # perturb frame 9: latent frames j with 4j < 9 (0, 1, 2) must not move
@@ -150,8 +159,9 @@ def test_encoder_is_causal():
     assert (z[:, :, 3] - z2[:, :, 3]).abs().max() > 1e-3
 
 
-def test_decoder_is_causal():
-    model = scrambled()
+@LAYOUTS
+def test_decoder_is_causal(config):
+    model = scrambled(config)
     z = torch.randn(1, 16, 5, 2, 2, generator=torch.Generator().manual_seed(1))
     z2 = z.clone()
     z2[:, :, 2] += 1.0  # latent frame 2 decodes to pixel frames 5..8; frames 0..4 must not move
@@ -164,9 +174,10 @@ def test_decoder_is_causal():
 # ------------------------------------------------------------------------ chunks and tiles
 
 
+@LAYOUTS
 @pytest.mark.parametrize("chunk", [1, 2])
-def test_chunked_encode_matches_whole(chunk):
-    model = scrambled()
+def test_chunked_encode_matches_whole(chunk, config):
+    model = scrambled(config)
     x = video(17)
     with torch.no_grad():
         whole = model.encode(x)
@@ -175,9 +186,10 @@ def test_chunked_encode_matches_whole(chunk):
     assert (whole.logvar - chunked.logvar).abs().max() <= 1e-4
 
 
+@LAYOUTS
 @pytest.mark.parametrize("chunk", [1, 3])
-def test_chunked_decode_matches_whole(chunk):
-    model = scrambled()
+def test_chunked_decode_matches_whole(chunk, config):
+    model = scrambled(config)
     z = torch.randn(1, 16, 5, 2, 2, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole = model.decode(z)
@@ -211,8 +223,9 @@ def test_tiled_decode_of_a_gradient_has_no_seam():
         blended = model.decode(z, tile=6, overlap=4)
         hard_cut = model.decode(z, tile=6, overlap=0)
     err, cut = (blended - whole).abs().max(), (hard_cut - whole).abs().max()
-    assert whole.max() - whole.min() > 0.1  # the output does vary
-    assert err < 0.02
+    span = whole.max() - whole.min()
+    assert span > 0.1  # the output does vary
+    assert err < 0.05 * span  # untrained: the shipped VAE is held to a stricter test (test_world_vae.py)
     assert err < 0.25 * cut  # the linear ramps are what hides the tile borders
 
 
@@ -228,8 +241,9 @@ def test_tiled_encode_of_a_gradient_has_no_seam():
     assert err < 0.5 * cut
 
 
-def test_tiles_and_chunks_compose():
-    model = scrambled()
+@LAYOUTS
+def test_tiles_and_chunks_compose(config):
+    model = scrambled(config)
     x = video(9, 32, 32)
     with torch.no_grad():
         tiled = model.encode(x, tile=3, overlap=1).mean
@@ -329,10 +343,31 @@ def test_save_load_round_trip(tmp_path):
     loaded = load_vae(tmp_path / "vae")
     assert loaded.config == model.config
     x = video(5)
+    z = torch.randn(1, 16, 2, 2, 2)
     with torch.no_grad():
         assert torch.equal(model.encode(x).mean, loaded.encode(x).mean)
-        z = torch.randn(1, 16, 2, 2, 2)
         assert torch.equal(model.decode(z), loaded.decode(z))
+    # float16 storage: half the file, float32 weights back, nearly the same output
+    save_vae(model, tmp_path / "half", dtype=torch.float16)
+    half = load_vae(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    size = lambda d: (d / "vae.safetensors").stat().st_size  # noqa: E731
+    assert size(tmp_path / "half") < 0.6 * size(tmp_path / "vae")
+    with torch.no_grad():
+        assert (model.decode(z) - half.decode(z)).abs().max() < 1e-2
+
+
+def test_ship_vae_writes_a_named_half_precision_pair(tmp_path, monkeypatch):
+    import kinema.vae.model as vae_model
+
+    model = scrambled()
+    path = vae_model.ship_vae(model, "my-vae", directory=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-vae.json", "my-vae.safetensors"] and path.is_file()
+    monkeypatch.setattr(vae_model, "SHIPPED_DIR", tmp_path)
+    loaded = load_vae("my-vae")  # by name, as the package loads world-vae
+    z = torch.randn(1, 16, 2, 2, 2)
+    with torch.no_grad():
+        assert (loaded.decode(z) - model.decode(z)).abs().max() < 1e-2
 
 
 def test_load_errors_are_kinema_errors(tmp_path):

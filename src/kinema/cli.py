@@ -322,17 +322,24 @@ def train_vae_cmd(
     sizes: str = typer.Option("64x64,96x64,64x96,80x48,48x80", help="Clip sizes WIDTHxHEIGHT drawn per step, multiples of 8."),
     seed: int = typer.Option(0, help="Seed of the data and the initial weights."),
     ckpt_every: int = typer.Option(500, min=1, help="Steps between checkpoints."),
+    init: str = typer.Option("", help="Start from the weights of a saved VAE (a folder such as OTHER_RUN/export, or a shipped name): fine-tuning, or a new schedule."),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="With --init: train the decoder only, so the latents (and a DiT trained on them) stay valid."),
+    export_only: bool = typer.Option(False, "--export-only", help="Only export the latest checkpoint's EMA weights to RUN/export (works while the run trains)."),
 ) -> None:
     """Train the causal 3D VAE (L1 + SSIM + KL). Many processes: torchrun --nproc_per_node N -m kinema.cli train vae RUN (DDP).
 
     The EMA weights are exported to RUN/export (safetensors + config.json) at the end.
     """
-    from kinema.train.vae import VAETrainConfig, train_vae
+    from kinema.train.vae import VAETrainConfig, export_vae, train_vae
+
+    if export_only:
+        typer.echo(f"exported the EMA weights to {export_vae(run)}")
+        return
 
     lengths = parse_ints(frames, "--frames")
     shapes = tuple(parse_size(s)[::-1] for s in sizes.split(","))
     cfg = VAETrainConfig(vae=vae, data=data, steps=steps, batch=batch, lr=lr, frames=lengths, sizes=shapes,
-                         seed=seed, ckpt_every=ckpt_every)  # fmt: skip
+                         seed=seed, ckpt_every=ckpt_every, init=init, freeze_encoder=freeze_encoder)  # fmt: skip
     losses = train_vae(cfg, run)
     if losses:
         typer.echo(f"trained to step {steps}, last loss {losses[-1]:.4f}; EMA weights in {run / 'export'}")
@@ -382,6 +389,35 @@ def train_dit_cmd(
         typer.echo(f"trained to step {history[-1]['step']}, loss {history[-1]['loss']:.4f}; weights in {run / 'export'}")
     else:
         typer.echo(f"{run} is already at step {cfg.steps}; raise --set steps=N to train further")
+
+
+@train_app.command("pack")
+def train_pack_cmd(
+    source: Path = typer.Argument(..., help="A model folder: a DiT run (its export/) or an export folder."),
+    out: Path = typer.Argument(..., help="Folder to write the packed model into."),
+    vae: str = typer.Option(None, help="Name of a shipped VAE to refer to (e.g. world-vae); default: copy the source's VAE into OUT/vae."),
+    default: list[str] = typer.Option([], "--default", help="KEY=VALUE sampling default stored in pipeline.json (width, height, seconds, fps, steps, guidance). Repeat it."),
+    expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand short prompts with the Kinema World grammar by default."),
+    half: bool = typer.Option(True, "--half/--full", help="Store weights as float16 (half the size; loaded back as float32)."),
+) -> None:
+    """Pack a trained model into one self-contained folder to ship (what kinema/weights/world holds)."""
+    import torch
+
+    from kinema.pipeline import pack_model
+
+    defaults = {}
+    for item in default:
+        key, sep, value = item.partition("=")
+        try:
+            defaults[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise KinemaError(f"--default takes KEY=NUMBER; got {item!r}")
+    dst = pack_model(source, out, vae=vae, defaults=defaults, expand=expand,
+                     dtype=torch.float16 if half else torch.float32)  # fmt: skip
+    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+    typer.echo(f"packed {source} into {dst} ({size / 2**20:.1f} MiB)")
 
 
 # ---------------------------------------------------------------- eval

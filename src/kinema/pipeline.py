@@ -159,7 +159,7 @@ def _load_dit(directory: Path, spec: dict, device: torch.device):
     with torch.device("meta"):  # no allocation, no initialisation: the weights are assigned
         dit = Unset(DiTConfig.from_dict(_read_json(config)))
     try:
-        state = load_file(str(weights), device=str(device))
+        state = {k: v.float() for k, v in load_file(str(weights), device=str(device)).items()}  # fp16 files too
         dit.load_state_dict(state, strict=True, assign=True)
     except (SafetensorError, RuntimeError) as e:
         raise KinemaError(f"{weights} does not match {config}: {e}") from None
@@ -670,6 +670,51 @@ class StreamWriter:
             from kinema.video import write_video
 
             write_video(self.path, torch.cat(self.kept), self.fps)
+
+
+# ---------------------------------------------------------------- packing a model to ship
+
+
+def pack_model(source: str | os.PathLike, out: str | os.PathLike, *, vae: str | None = None,
+               defaults: dict | None = None, expand: bool | None = None,
+               dtype: torch.dtype = torch.float16) -> Path:  # fmt: skip
+    """Copy a model folder (an export or a run) into `out` as a self-contained folder to ship:
+    the DiT and the builtin text encoder stored in `dtype` (float16 halves the files; loading
+    gives float32 back), pipeline.json naming `vae` (a shipped VAE name such as "world-vae", or
+    the source's VAE copied into out/vae/) and the sampling `defaults` / `expand` given."""
+    from safetensors.torch import load_file, save_file
+
+    from kinema.vae import load_vae, save_vae
+
+    src = resolve(source)
+    spec = _read_json(src / PIPELINE_FILE)
+    unknown = sorted(set(defaults or {}) - set(DEFAULTS))
+    if unknown:
+        raise KinemaError(f"unknown defaults {unknown}; known: {sorted(DEFAULTS)}")
+    if vae is not None:
+        load_vae(vae)  # a clear error before anything is written if the name does not resolve
+    dst = Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    dit_file, dit_config = spec.get("dit", "dit.safetensors"), spec.get("dit_config", "dit.json")
+    state = {k: v.to(dtype).contiguous() for k, v in load_file(str(src / dit_file)).items()}
+    save_file(state, str(dst / "dit.safetensors"), metadata={"format": "pt", "model": "kinema.dit"})
+    (dst / "dit.json").write_text((src / dit_config).read_text())
+    text_spec = str(spec.get("text_encoder", "builtin:."))
+    if text_spec.startswith("builtin"):
+        text = _load_text(src, text_spec, torch.device("cpu"))
+        text.to(dtype).save(dst)
+        text_spec = "builtin:."
+    if vae is None:  # carry the source's VAE along
+        save_vae(_load_vae(src, str(spec.get("vae", "")), torch.device("cpu")), dst / "vae", dtype=dtype)
+        vae = "vae"
+    doc = {"dit": "dit.safetensors", "dit_config": "dit.json", "text_encoder": text_spec, "vae": vae,
+           "step": spec.get("step")}  # fmt: skip
+    if expand is not None:
+        doc["expand"] = "world" if expand else False
+    if defaults:
+        doc["defaults"] = defaults
+    (dst / PIPELINE_FILE).write_text(json.dumps(doc, indent=1) + "\n")
+    return dst
 
 
 # ---------------------------------------------------------------- a tiny model for tests

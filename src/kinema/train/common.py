@@ -204,11 +204,18 @@ class EMA:
         self.decay = decay
         self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay after `step` optimizer steps: min(decay, (1 + step) / (10 + step)), so the
+        average forgets the random initialisation within the first few hundred steps; a plain
+        0.999 would keep ~60% of it at step 500. None: the plain decay."""
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, step: int | None = None) -> None:
         params = dict(model.named_parameters())
         names = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names], 1 - self.decay)
+        weight = 1 - self.decay_at(step)
+        torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names], weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

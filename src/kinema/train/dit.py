@@ -526,7 +526,7 @@ def train_step(run: Run) -> dict[str, float]:
         norm = norm.full_tensor()
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    run.ema.update(model)
+    run.ema.update(model, run.step)
     run.step += 1
     loss = _all_sum(float(loss_sum), d) / max(count, 1.0)
     tokens = _all_sum(float(sum(m.tokens for m in micro)), d)

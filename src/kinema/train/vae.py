@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +54,12 @@ class VAETrainConfig:
     seed: int = 0
     ckpt_every: int = 500
     keep: int = 2
+    init: str = ""                        # a saved VAE (folder or shipped name) to start from
+    freeze_encoder: bool = False          # train the decoder only: the latents stay the same
 
     def __post_init__(self) -> None:
+        if self.freeze_encoder and not self.init:
+            raise KinemaError("--freeze-encoder needs --init: a trained VAE whose encoder to keep")
         if self.batch < 1 or self.steps < 1:
             raise KinemaError("--batch and --steps must be >= 1")
         for f in self.frames:
@@ -180,12 +184,17 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
 
     torch.manual_seed(cfg.seed)
     model = CausalVAE(PRESETS[cfg.vae]).to(d.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if ckpt is None and cfg.init:
+        _init_from(model, cfg.init)
+    if cfg.freeze_encoder:  # the latent space stays as it is: only the decoder learns
+        model.encoder.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + d.rank)
 
     start = 0
-    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
     if ckpt is not None:
         state = train_state(model, opt, ema)
         meta = load_checkpoint(ckpt, state, d, {"posterior": gen})
@@ -209,9 +218,9 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
         loss, parts = vae_loss(x, recon, posterior, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         opt.step()
-        ema.update(model)
+        ema.update(model, step)
         mean_loss = float(all_reduce_mean(loss, d))
         losses.append(mean_loss)
         if log is not None:
@@ -229,6 +238,37 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
         save_vae(export, run_dir / "export")
     shutdown(d)
     return losses
+
+
+def _init_from(model: torch.nn.Module, source: str) -> None:
+    """Start from the weights of a saved VAE of the same shape (fine-tuning, or a new schedule)."""
+    from kinema.vae import load_vae
+
+    other = load_vae(source)
+    shape = lambda c: replace(c, latent_mean=None, latent_std=None)  # noqa: E731
+    if shape(other.config) != shape(model.config):
+        raise KinemaError(f"--init {source}: its shape differs from the preset being trained")
+    model.load_state_dict(other.state_dict())
+
+
+def export_vae(run_dir: str | Path) -> Path:
+    """Write the latest checkpoint's EMA weights of a run to RUN/export (while it trains, too)."""
+    from kinema.train.common import Dist
+    from kinema.vae import CausalVAE, VAEConfig, save_vae
+
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if not (run_dir / "config.json").is_file() or ckpt is None:
+        raise KinemaError(f"{run_dir} is not a VAE run with a checkpoint (config.json, checkpoints/)")
+    doc = json.loads((run_dir / "config.json").read_text())
+    cfg = VAETrainConfig.from_dict(doc["train"])
+    model = CausalVAE(VAEConfig.from_dict(doc["vae"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    ema = EMA(model, cfg.ema_decay)
+    state = train_state(model, opt, ema)
+    gen = torch.Generator()
+    load_checkpoint(ckpt, state, Dist(0, 1, 0, torch.device("cpu")), {"posterior": gen})
+    return save_vae(_ema_model(model, ema), run_dir / "export")
 
 
 def _ema_model(model: torch.nn.Module, ema: EMA) -> torch.nn.Module:
@@ -253,4 +293,4 @@ def fit_latent_stats(vae_dir: str | Path, clips: int = 32, seed: int = 12345) ->
     save_vae(vae, vae_dir)
 
 
-__all__ = ["VAETrainConfig", "train_vae", "fit_latent_stats", "step_plan", "world_batch"]
+__all__ = ["VAETrainConfig", "train_vae", "export_vae", "fit_latent_stats", "step_plan", "world_batch"]
