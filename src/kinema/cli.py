@@ -428,14 +428,14 @@ def eval_world(
     suite: str = typer.Option("quick", help="Prompt suite: quick (16 small clips) or full (28 clips, several sizes)."),
     out: Path = typer.Option(Path("eval-world"), help="Folder for scores.json, report.md, clips/*.png and metrics/*.png."),
 ) -> None:
-    """Judge a model on the world benchmark: prompt adherence, consistency, permanence, gravity, persistence, camera."""
+    """Judge a model on the world benchmark: prompt adherence, consistency, permanence, gravity, persistence, camera, and the tasks (animate, extend, loop, connect, SDEdit) on the real renders of the cases that ask them."""
     from kinema.eval.report import write_report
-    from kinema.eval.suite import aggregate, run, source
+    from kinema.eval.suite import aggregate, run, sources
     from kinema.eval.suite import suite as suite_cases
 
     cases = suite_cases(suite)
-    make = source(model)
-    results = run(make, cases, keep=True, progress=lambda name: typer.echo(f"judged {name}", err=True))
+    make, tasks = sources(model)
+    results = run(make, cases, keep=True, progress=lambda name: typer.echo(f"judged {name}", err=True), tasks=tasks)
     paths = write_report(out, model, suite, results)
     print_table([{"metric": k, "mean": "n/a" if v is None else v} for k, v in aggregate(results).items()])
     typer.echo(f"wrote {paths['scores']} and {paths['report']} (with clips/ and metrics/ PNGs)")

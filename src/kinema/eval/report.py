@@ -111,8 +111,13 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _value(score: J.Score | None) -> float | None:
+    """A score's value; None where the metric does not apply or was not scored on this clip."""
+    return None if score is None else score.value
+
+
 def _cell(score: J.Score | None) -> str:
-    if score is None or score.value is None:
+    if _value(score) is None:
         return "n/a"
     mark = "" if score.value >= 0.8 else " ⚠" if score.value >= 0.5 else " ✗"
     return f"{score.value:.2f}{mark}"
@@ -137,7 +142,7 @@ def write_report(out: str | os.PathLike, model: str, suite_name: str, results: l
     for m in metrics:
         path = out / "metrics" / f"{m}.png"
         title = f"{m}: {'n/a' if totals[m] is None else f'{totals[m]:.2f}'} over the clips it applies to ({model}, {suite_name})"
-        _save(bar_plot(title, names, [r.scores[m].value for r in results]), path)
+        _save(bar_plot(title, names, [_value(r.scores.get(m)) for r in results]), path)
         plots[m] = path
     overview = out / "metrics" / "overview.png"
     _save(bar_plot(f"{model} on the {suite_name} suite: mean per metric", metrics, [totals[m] for m in metrics]), overview)
@@ -153,7 +158,7 @@ def write_report(out: str | os.PathLike, model: str, suite_name: str, results: l
         f"# World judge: `{model}` on the `{suite_name}` suite",
         "",
         f"{len(results)} clips; judged in {sum(r.seconds for r in results):.1f} s. Scores are in [0, 1], 1 is good;",
-        "n/a: the prompt asks nothing the metric checks. ⚠ below 0.8, ✗ below 0.5.",
+        "n/a: the case asks nothing the metric checks. ⚠ below 0.8, ✗ below 0.5.",
         "",
         "![overview](metrics/overview.png)",
         "",
@@ -161,11 +166,11 @@ def write_report(out: str | os.PathLike, model: str, suite_name: str, results: l
         "| --- | ---: | ---: |",
     ]
     for m in metrics:
-        n = sum(r.scores[m].value is not None for r in results)
+        n = sum(_value(r.scores.get(m)) is not None for r in results)
         lines.append(f"| [{m}](metrics/{m}.png) | {'n/a' if totals[m] is None else f'{totals[m]:.2f}'} | {n} |")
     lines += ["", "## Clips", "", "| clip | " + " | ".join(metrics) + " |", "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
     for name, r in zip(names, results):
-        lines.append(f"| {name} | " + " | ".join(_cell(r.scores[m]) for m in metrics) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(r.scores.get(m)) for m in metrics) + " |")
     for name, r, sheet in zip(names, results, sheets):
         c = r.case
         lines += ["", f"### {name}", "", f"> {c.prompt}", "",
@@ -173,8 +178,8 @@ def write_report(out: str | os.PathLike, model: str, suite_name: str, results: l
         if r.frames is not None:
             lines += [f"![{c.name}](clips/{sheet.name})", ""]
         for m in metrics:
-            s = r.scores[m]
-            if s.value is not None:
+            s = r.scores.get(m)
+            if _value(s) is not None:
                 lines.append(f"- **{m}** {_cell(s)}: {s.reason}")
     lines += ["", "## Metrics", ""] + [f"![{m}](metrics/{m}.png)" for m in metrics]
     report = out / "report.md"

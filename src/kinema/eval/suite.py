@@ -2,6 +2,8 @@
 the calibration of the judge against real renders (the ceiling) and trivial baselines (floors).
 
     results = run(source("real"), SUITES["quick"]())       # one ClipResult a case
+    make, tasks = sources("PATH")                           # a model's clips and its task answers
+    results = run(make, SUITES["quick"](), tasks=tasks)     # + the task metrics on cases with tasks
     totals = aggregate(results)                             # metric -> mean over the clips it applies to
     print(calibration_table(calibrate("quick")))
 
@@ -14,6 +16,11 @@ is exactly `kinema.world.text.parse(prompt)` and the judge checks all of it.
     baseline:shuffled  the render's frames in random order   (breaks continuity, gravity, hiding)
     baseline:noise     uniform random pixels                 (breaks everything)
     NAME or PATH       a trained model, through `model_source` (the generation pipeline's door)
+
+A task source answers the tasks built from a case's real render: `TaskSource(case, real) ->
+{task metric: Score}`. Real renders and baselines answer with the render (`task_scores`, as in
+calibration); a trained model runs its own animate, extend, loop, connect and edit on it
+(`model_task_scores`), so a model's table sits beside the ceiling's and the floors'.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,7 +36,13 @@ from kinema.errors import KinemaError
 from kinema.eval import judge as J
 from kinema.world.spec import COLORS, BrushSpec, ObjectSpec, SceneSpec
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from kinema.pipeline import Pipeline
+
 ClipSource = Callable[[str, int, int, float, float, int], np.ndarray]
+TaskSource = Callable[["Case", np.ndarray], dict[str, J.Score]]  # (case, its real render) -> task scores
 BASELINES = ("frozen", "shuffled", "noise")
 TASK_METRICS = ("first_frame", "extend_seam", "loop_seam", "connect", "sdedit")
 
@@ -149,6 +163,11 @@ def real_source(prompt: str, width: int, height: int, seconds: float, fps: float
     return render(spec_from_prompt(prompt, seed), width, height, seconds, fps, seed).frames
 
 
+def render_case(case: Case) -> np.ndarray:
+    """The real render of a case: what its tasks are built from."""
+    return real_source(case.prompt, case.width, case.height, case.seconds, case.fps, case.seed)
+
+
 def degrade(frames: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     """A trivial baseline made from real frames: frozen, shuffled or noise."""
     rng = np.random.default_rng(seed)
@@ -171,34 +190,102 @@ def baseline_source(kind: str) -> ClipSource:
     return make
 
 
-def model_source(name: str) -> ClipSource:
-    """THE door for trained models: a model NAME ("world") or folder PATH -> a ClipSource.
-
-    Loads `kinema.pipeline.Pipeline` once and generates each prompt with its defaults (steps,
-    guidance) and the prompt as the caption (suite prompts are full world captions, which the
-    world grammar would expand to themselves). A size that is not a multiple of the model's 16
-    pixels (160x90) is generated at the next multiple up (160x96) and centre-cropped to size."""
+def load_model(model: str | Pipeline) -> Pipeline:
+    """A model NAME ("world") or folder PATH -> its `kinema.pipeline.Pipeline`; a Pipeline as it is."""
     from kinema.pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(name)
+    return model if isinstance(model, Pipeline) else Pipeline.from_pretrained(model)
+
+
+def _made_size(pipe: Pipeline, width: int, height: int) -> tuple[int, int]:
+    """The size the model makes for width x height: each side up to its multiple (160x90 -> 160x96)."""
     m = pipe.multiple
+    return -(-width // m) * m, -(-height // m) * m
+
+
+def _centre_crop(frames: Tensor, width: int, height: int) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (T, height, width, 3) numpy, cut from the middle."""
+    top, left = (frames.shape[1] - height) // 2, (frames.shape[2] - width) // 2
+    return frames[:, top : top + height, left : left + width].numpy()
+
+
+def model_source(model: str | Pipeline) -> ClipSource:
+    """THE door for trained models: a model NAME ("world"), folder PATH or loaded Pipeline -> a ClipSource.
+
+    Generates each prompt with the model's defaults (steps, guidance) and the prompt as the
+    caption (suite prompts are full world captions, which the world grammar would expand to
+    themselves). A size that is not a multiple of the model's 16 pixels (160x90) is generated
+    at the next multiple up (160x96) and centre-cropped to size."""
+    pipe = load_model(model)
 
     def make(prompt: str, width: int, height: int, seconds: float, fps: float, seed: int) -> np.ndarray:
-        w, h = -(-width // m) * m, -(-height // m) * m
+        w, h = _made_size(pipe, width, height)
         frames = pipe.generate(prompt, w, h, seconds, fps, seed=seed, expand=False, progress=False).frames
-        top, left = (h - height) // 2, (w - width) // 2
-        return frames[:, top : top + height, left : left + width].numpy()
+        return _centre_crop(frames, width, height)
 
     return make
 
 
+def model_task_scores(pipe: Pipeline, case: Case, real: np.ndarray) -> dict[str, J.Score]:
+    """Every task metric on the model's own answers to the tasks `task_scores` builds from a real
+    render (T frames): animate its first frame; extend its first T // 2 frames forward by the
+    rest; a loop, whose seam is judged against the render's steps; connect its first and last
+    T // 3 frames; SDEdit it into the scene with the first object recoloured. Sampled as
+    `model_source` samples: the model's steps and guidance, the case's seed, the prompt as the
+    caption. Video inputs keep their size (the pipeline pads and crops back); the loop, made from
+    text, is centre-cropped like a generated clip."""
+    import torch
+
+    from kinema.video import Video
+
+    def video(frames: np.ndarray) -> Video:
+        return Video(torch.from_numpy(np.ascontiguousarray(frames)), case.fps)
+
+    kw = dict(seed=case.seed, expand=False, progress=False)
+    prompt, fps, T = case.prompt, case.fps, len(real)
+    half, q = T // 2, T // 3
+    given, a, b = real[:half], real[:q], real[T - q :]
+
+    animated = pipe.animate(real[0], prompt, seconds=case.seconds, fps=fps, **kw).frames.numpy()
+    extended = pipe.extend(video(given), prompt, "forward", seconds=(T - half) / fps, **kw).frames.numpy()
+    w, h = _made_size(pipe, case.width, case.height)
+    looped = _centre_crop(pipe.loop(prompt, w, h, case.seconds, fps, **kw).frames, case.width, case.height)
+    connected = pipe.connect(video(a), video(b), prompt, seconds=(T - 2 * q) / fps, **kw).frames.numpy()
+    scores = {
+        "first_frame": J.first_frame(animated, real[0]),
+        "extend_seam": J.extension_seam(given, extended),  # given + new frames
+        "loop_seam": J.loop_seam(looped, real[:half]),
+        "connect": J.connect(a, b, connected[q : len(connected) - q]),  # A + middle + B
+        "sdedit": J.NA("the scene has no object to recolour"),
+    }
+    if case.spec.objects:
+        edited = _recolor(case.spec)
+        after = pipe.edit(video(real), Case("", edited).prompt, **kw).frames.numpy()
+        scores["sdedit"] = J.sdedit(real, after, fps, edited, case.spec)
+    return scores
+
+
+def model_tasks(model: str | Pipeline) -> TaskSource:
+    """The task door beside `model_source`: a model NAME, folder PATH or loaded Pipeline -> a TaskSource."""
+    pipe = load_model(model)
+    return lambda case, real: model_task_scores(pipe, case, real)
+
+
+def sources(name: str) -> tuple[ClipSource, TaskSource]:
+    """'real', 'baseline:KIND' or a model NAME / PATH -> what answers the prompts and what
+    answers the tasks (a model is loaded once, for both)."""
+    if name == "real":
+        return real_source, lambda case, real: task_scores(case, real, None)
+    if name.startswith("baseline:"):
+        kind = name.split(":", 1)[1]
+        return baseline_source(kind), lambda case, real: task_scores(case, real, kind)
+    pipe = load_model(name)
+    return model_source(pipe), model_tasks(pipe)
+
+
 def source(name: str) -> ClipSource:
     """'real', 'baseline:KIND' or a model NAME / PATH."""
-    if name == "real":
-        return real_source
-    if name.startswith("baseline:"):
-        return baseline_source(name.split(":", 1)[1])
-    return model_source(name)
+    return sources(name)[0]
 
 
 # ---------------------------------------------------------------- running
@@ -208,7 +295,7 @@ def source(name: str) -> ClipSource:
 class ClipResult:
     case: Case
     scores: dict[str, J.Score]
-    seconds: float  # to make and judge the clip
+    seconds: float  # to make and judge the clip (and its tasks)
     frames: np.ndarray | None = field(default=None, repr=False)
     seen: J.Seen | None = field(default=None, repr=False)
 
@@ -229,15 +316,20 @@ def _check_frames(frames: np.ndarray, case: Case) -> np.ndarray:
     return frames
 
 
-def run(make: ClipSource, cases: list[Case], keep: bool = False, progress: Callable[[str], None] | None = None) -> list[ClipResult]:
+def run(make: ClipSource, cases: list[Case], keep: bool = False, progress: Callable[[str], None] | None = None,
+        tasks: TaskSource | None = None) -> list[ClipResult]:  # fmt: skip
     """Make every case's clip with `make` and judge it. `keep`: hold frames and what the judge
-    saw (for contact sheets)."""
+    saw (for contact sheets). `tasks`: also score the task metrics, answered by `tasks` on the
+    real render of each case that asks them (n/a on the others)."""
     results = []
     for case in cases:
         start = time.perf_counter()
         frames = _check_frames(make(case.prompt, case.width, case.height, case.seconds, case.fps, case.seed), case)
         seen = J.see(frames, case.fps, case.spec)
         scores = J.judge(frames, case.fps, case.spec, seen)
+        if tasks is not None:
+            unasked = {m: J.NA("the suite asks no tasks of this case") for m in TASK_METRICS}
+            scores |= tasks(case, render_case(case)) if case.tasks else unasked
         results.append(ClipResult(case, scores, time.perf_counter() - start, frames if keep else None, seen if keep else None))
         if progress is not None:
             progress(case.name)
@@ -277,6 +369,7 @@ def task_scores(case: Case, real: np.ndarray, kind: str | None) -> dict[str, J.S
         "extend_seam": J.extension_seam(real[:half], out(real)[half:]),
         "loop_seam": J.loop_seam(out(pingpong), real[:half]),
         "connect": J.connect(real[:q], real[T - q :], out(real)[q : T - q]),
+        "sdedit": J.NA("the scene has no object to recolour"),
     }
     if case.spec.objects:
         edited = _recolor(case.spec)
@@ -306,7 +399,7 @@ def calibrate(suite_name: str = "quick") -> Calibration:
     """The judge on real renders and on each baseline, world and task metrics."""
     start = time.perf_counter()
     cases = suite(suite_name)
-    reals = [real_source(c.prompt, c.width, c.height, c.seconds, c.fps, c.seed) for c in cases]
+    reals = [render_case(c) for c in cases]
     world, tasks = {}, {}
     for kind in (None, *BASELINES):
         label = kind or "real"
