@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: env
-	$(BIN)/kinema world render "a red ball bounces on green grass" --out demo.mp4
+	$(BIN)/kinema generate "a red ball bounces on green grass"
 
 test: env
 	$(BIN)/python -m pytest -q

@@ -55,6 +55,8 @@ def test_export_only_and_init_from_a_saved_vae(tmp_path):
     b = load_vae(tmp_path / "b" / "export")
     assert all(torch.equal(p, q) for p, q in zip(b.encoder.state_dict().values(), final.encoder.state_dict().values()))
     assert not all(torch.equal(p, q) for p, q in zip(b.decoder.state_dict().values(), final.decoder.state_dict().values()))
+    again = load_vae(export_vae(tmp_path / "b"))  # a decoder-only run exports from its checkpoint too
+    assert all(torch.equal(p, q) for p, q in zip(again.state_dict().values(), b.state_dict().values()))
     with pytest.raises(KinemaError, match="needs --init"):
         VAETrainConfig(**{**SMALL, "freeze_encoder": True})
 

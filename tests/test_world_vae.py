@@ -8,10 +8,11 @@ from kinema.vae import count_params, load_vae, psnr, ssim
 from kinema.vae.model import SHIPPED_DIR
 from kinema.vae.evaluate import held_out_clips
 
-# Measured on the shipped weights with `kinema eval vae --model world-vae` (closing note of
-# issue 4); the floors sit about 1 dB / 0.02 under the measured values.
-PSNR_FLOOR_DB = {(64, 64): 23.0, (96, 160): 25.0}
-SSIM_FLOOR = 0.80
+# Measured on the shipped weights (closing note of issue 4); the floors sit about 1 dB / 0.03
+# under the measured values. The goal of the issue (32 dB) is not reached yet.
+# The shipped weights on these 4 clips: 64x64 25.7 dB / SSIM 0.87, 160x96 27.8 dB / 0.92.
+PSNR_FLOOR_DB = {(64, 64): 24.5, (96, 160): 26.5}
+SSIM_FLOOR = 0.84
 
 
 def reconstruct(vae, x: torch.Tensor, **kw) -> torch.Tensor:
@@ -34,7 +35,7 @@ def test_world_vae_ships_inside_the_package_as_safetensors():
 def test_world_vae_reconstructs_held_out_clips():
     vae = load_vae("world-vae")
     for (h, w), floor in PSNR_FLOOR_DB.items():
-        x = held_out_clips(2, 17, h, w)
+        x = held_out_clips(4, 17, h, w)
         y = reconstruct(vae, x, chunk=1)
         assert float(psnr(y, x)) >= floor, (h, w)
         assert float(ssim(y, x)) >= SSIM_FLOOR, (h, w)

@@ -263,7 +263,9 @@ def export_vae(run_dir: str | Path) -> Path:
     doc = json.loads((run_dir / "config.json").read_text())
     cfg = VAETrainConfig.from_dict(doc["train"])
     model = CausalVAE(VAEConfig.from_dict(doc["vae"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    if cfg.freeze_encoder:  # the optimizer of such a run holds the decoder only
+        model.encoder.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     ema = EMA(model, cfg.ema_decay)
     state = train_state(model, opt, ema)
     gen = torch.Generator()

@@ -1,0 +1,113 @@
+"""The shipped world model ("world") end to end on the CPU, with the weights inside the package:
+the README's command, and every task checked for its own property by the world judge (the
+first frame kept, seams, end points, the layout kept under an edit).
+
+The floors sit under what the shipped model measured (3 seeds, closing note of issue 6), so a
+regression in the model, the sampler or a task's plan shows here. Where the small CPU-trained
+model does not yet pass the judge (a backward extension's seam, the loop's seam, connect's
+seams, the edit's recolouring: all 0.0 measured), the test checks the structure the task
+guarantees (inputs kept whole, sizes, frame counts) and no score is asserted."""
+
+import numpy as np
+import pytest
+import torch
+
+from kinema import cli
+from kinema.eval import judge as J
+from kinema.pipeline import WORLD_DIR, Pipeline
+from kinema.video import Video, read_video
+from kinema.world.render import render
+from kinema.world.text import parse, spec_from_prompt
+
+pytestmark = pytest.mark.slow
+
+SIZE = dict(width=96, height=96)
+FAST = dict(steps=12, progress=False, expand=False)
+# measured: objects 0.4 (README command, seed 0; 0.1 - 0.6 over seeds 0 - 2), first_frame 1.0,
+# forward extend_seam 0.80 - 1.0
+FLOORS = dict(objects=0.25, first_frame=0.9, extend_seam=0.6)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline.from_pretrained("world")
+
+
+@pytest.fixture(scope="module")
+def real():
+    """A real Kinema World clip: 2 s at 8 fps, 96 x 96, as the tasks' input."""
+    spec = spec_from_prompt("a red ball rolls to the right on green grass", seed=1)
+    clip = render(spec, 96, 96, seconds=2.0, fps=8.0, seed=1)
+    return clip.frames, clip.caption
+
+
+def test_shipped_files_fit_the_budget():
+    files = [p for p in WORLD_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 60 * 2**20
+    assert max(p.stat().st_size for p in files) <= 16 * 2**20
+    assert all(p.suffix in (".json", ".safetensors") for p in files)  # no pickles
+
+
+def test_readme_command_writes_a_video_of_the_prompt(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out.mp4"
+    monkeypatch.setattr("sys.argv", ["kinema", "generate", "a red ball bounces on green grass", "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code in (0, None), capsys.readouterr().err
+    caption = capsys.readouterr().out.split("caption: ", 1)[1].splitlines()[0]
+    video = read_video(out)
+    T, H, W, _ = video.frames.shape
+    assert min(H, W) >= 128 and (T - 1) / video.fps >= 2.0
+    spec = parse(caption)
+    assert [(o.color, o.shape) for o in spec.objects] == [("red", "ball")]
+    frames = video.frames.numpy()
+    assert J.score_objects(J.see(frames, video.fps, spec), spec).value >= FLOORS["objects"]
+
+
+def test_image(pipe):
+    out = pipe.image("a blue square on grey rock", **SIZE, **FAST)
+    assert out.frames.shape == (1, 96, 96, 3)
+
+
+def test_animate_keeps_the_first_frame(pipe, real):
+    frames, caption = real
+    out = pipe.animate(frames[0], caption, seconds=2.0, fps=8.0, **FAST)
+    assert out.frames.shape == (17, 96, 96, 3)
+    assert J.first_frame(out.frames.numpy(), frames[0]).value >= FLOORS["first_frame"]
+
+
+def test_extend_forward_has_no_visible_seam_and_backward_keeps_the_input(pipe, real):
+    frames, caption = real
+    given = Video(torch.from_numpy(frames[:9]), 8.0)
+    fwd = pipe.extend(given, caption, "forward", seconds=1.0, **FAST).frames.numpy()
+    assert len(fwd) == 9 + 8 and np.array_equal(fwd[:9], frames[:9])
+    assert J.extension_seam(frames[:9], fwd).value >= FLOORS["extend_seam"]
+    back = pipe.extend(given, caption, "backward", seconds=1.0, **FAST).frames.numpy()
+    assert np.array_equal(back[-9:], frames[:9])
+    assert len(back) == 8 + 9  # the backward seam scores 0.0 today: not asserted
+
+
+def test_loop_makes_4k_frames(pipe, real):
+    _, caption = real
+    out = pipe.loop(caption, seconds=2.0, fps=8.0, **SIZE, **FAST).frames.numpy()
+    assert out.shape[1:] == (96, 96, 3) and len(out) % 4 == 0  # the loop seam scores 0.0 today
+
+
+def test_connect_keeps_a_and_b_around_the_bridge(pipe, real):
+    frames, caption = real
+    a, b = frames[:6], frames[-6:]
+    out = pipe.connect(Video(torch.from_numpy(a), 8.0), Video(torch.from_numpy(b), 8.0), caption, seconds=0.5,
+                       **FAST).frames.numpy()  # fmt: skip
+    assert np.array_equal(out[:6], a) and np.array_equal(out[-6:], b) and len(out) == 6 + 3 + 6
+    # connect's seams score 0.0 today: not asserted
+
+
+def test_edit_keeps_size_and_length_and_strength_orders_the_change(pipe, real):
+    frames, caption = real
+    asked = caption.replace("red ball", "blue ball")
+    given = Video(torch.from_numpy(frames), 8.0)
+    light = pipe.edit(given, asked, strength=0.3, **FAST).frames.numpy()
+    strong = pipe.edit(given, asked, strength=0.9, **FAST).frames.numpy()
+    assert light.shape == strong.shape == frames.shape
+    change = lambda out: np.abs(out.astype(np.int16) - frames.astype(np.int16)).mean()  # noqa: E731
+    assert change(light) < change(strong)  # the judge's sdedit (recolouring) scores 0.0 today
