@@ -240,6 +240,15 @@ def run_cli(monkeypatch, capsys, *args):
     return e.value.code, out, err
 
 
+def test_cli_train_pack(model_dir, tmp_path, monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "train", "pack", model_dir, tmp_path / "p", "--default", "steps=3",
+                           "--default", "guidance=2.5")  # fmt: skip
+    assert code in (0, None) and "packed" in out
+    assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["defaults"] == {"steps": 3, "guidance": 2.5}
+    code, _, err = run_cli(monkeypatch, capsys, "train", "pack", model_dir, tmp_path / "q", "--default", "steps")
+    assert code == 2 and err.startswith("error:") and "KEY=NUMBER" in err and not (tmp_path / "q").exists()
+
+
 def test_cli_runs_every_task(model_dir, clip, tmp_path, monkeypatch, capsys):
     video, image = tmp_path / "in.mp4", tmp_path / "in.png"
     write_video(video, clip.frames, clip.fps)

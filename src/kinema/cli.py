@@ -407,13 +407,12 @@ def train_pack_cmd(
 
     defaults = {}
     for item in default:
-        key, sep, value = item.partition("=")
+        key, _, value = item.partition("=")
         try:
-            defaults[key.strip()] = float(value)
+            number = float(value)
         except ValueError:
-            sep = ""
-        if not sep:
-            raise KinemaError(f"--default takes KEY=NUMBER; got {item!r}")
+            raise KinemaError(f"--default takes KEY=NUMBER; got {item!r}") from None
+        defaults[key.strip()] = int(number) if number.is_integer() else number  # steps=20, not 20.0
     dst = pack_model(source, out, vae=vae, defaults=defaults, expand=expand,
                      dtype=torch.float16 if half else torch.float32)  # fmt: skip
     size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
