@@ -75,6 +75,23 @@ def test_schedule_runs_from_noise_to_data():
     assert get_schedule(4, 256) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
 
 
+def test_shift_scale_moves_training_and_sampling_times_alike():
+    # a 64 px world clip of 3 latent frames is 48 tokens: its plain shift is below 1
+    n = 48
+    assert resolution_shift(n) < 1
+    plain = training_t([n] * 4000, torch.Generator().manual_seed(0))
+    scaled = training_t([n] * 4000, torch.Generator().manual_seed(0), shift_scale=4.0)
+    torch.testing.assert_close(scaled, shift_t(sample_t_logit_normal(4000, generator=torch.Generator().manual_seed(0)),
+                                               4.0 * resolution_shift(n)))  # fmt: skip
+    assert (plain > 0.95).float().mean() < 0.002 and (scaled > 0.95).float().mean() > 0.01
+    assert get_schedule(8, n, shift_scale=4.0) == pytest.approx(get_schedule(8, n, shift=4.0 * resolution_shift(n)))
+    for bad in (0.0, -1.0):
+        with pytest.raises(KinemaError, match="shift_scale"):
+            training_t([n], shift_scale=bad)
+        with pytest.raises(KinemaError, match="shift_scale"):
+            get_schedule(8, n, shift_scale=bad)
+
+
 def test_condition_mask_patterns():
     def m(kind, k=1):
         return condition_mask(kind, 6, k).int().tolist()

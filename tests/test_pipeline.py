@@ -15,7 +15,7 @@ import torch
 
 from kinema import cli, tasks
 from kinema.errors import KinemaError
-from kinema.pipeline import Pipeline, bench_generate, make_test_pipeline
+from kinema.pipeline import Pipeline, bench_generate, make_test_pipeline, match_seams
 from kinema.train.dit import load_export
 from kinema.video import Video, read_video, write_video
 
@@ -78,6 +78,34 @@ def test_pack_model_writes_a_half_size_folder_that_generates_the_same(model_dir,
     assert (a.latent - b.latent).abs().max() < 0.05  # float16 weights: nearly the same sample
     with pytest.raises(KinemaError, match="unknown defaults"):
         pack_model(model_dir, tmp_path / "bad", defaults={"colour": 1})
+
+
+def test_the_exported_shift_scale_reaches_the_sampler(model_dir, tmp_path, monkeypatch):
+    """A model trained with shift_scale samples on the schedule of that scale, also after packing."""
+    import shutil
+
+    from kinema import pipeline
+    from kinema.pipeline import pack_model
+
+    src = shutil.copytree(model_dir, tmp_path / "export")
+    spec = json.loads((src / "pipeline.json").read_text())
+    (src / "pipeline.json").write_text(json.dumps({**spec, "defaults": {"shift_scale": 2.5}}))
+    packed = pack_model(src, tmp_path / "packed", defaults={"steps": 3})
+    pipe = Pipeline.from_pretrained(packed)
+    assert pipe.defaults["shift_scale"] == 2.5 and pipe.defaults["steps"] == 3
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw["shift_scale"])
+        return pipeline.sampling_denoise(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "sampling_denoise", pipeline.denoise, raising=False)
+    monkeypatch.setattr(pipeline, "denoise", spy)
+    pipe.generate("a red ball", seconds=1, fps=8, seed=0, expand=False, **SIZE, **FAST)
+    spec.pop("defaults", None)  # a pipeline.json without any samples on the plain schedule
+    (src / "pipeline.json").write_text(json.dumps(spec))
+    Pipeline.from_pretrained(src).generate("a red ball", seconds=1, fps=8, seed=0, expand=False, **SIZE, **FAST)
+    assert seen == [2.5, 1.0]
     with pytest.raises(KinemaError, match="no VAE"):
         pack_model(model_dir, tmp_path / "bad", vae="no-such-vae")
     assert not (tmp_path / "bad").exists()  # nothing written on bad input
@@ -151,12 +179,33 @@ def test_animate_keeps_an_odd_sized_image_size(pipe):
     assert pipe.animate(image, "x", seconds=1, fps=8, **FAST).frames.shape == (9, 24, 40, 3)
 
 
+def test_match_seams_carries_the_given_frames_offset_and_fades_it():
+    T, fade = 20, 8
+    ramp = 100 + 2 * torch.arange(T, dtype=torch.float32)  # a smooth clip: 2 grey levels a step
+    decoded = ramp[:, None, None, None].expand(T, 4, 4, 3).to(torch.uint8)
+    before, after = decoded[3] + 10, decoded[15] - 6  # the given frames: off their slots by +10, -6
+    new = match_seams(decoded, slice(4, 15), before=before, after=after, fade=fade)
+    assert new.shape == (11, 4, 4, 3) and new.dtype == torch.uint8
+    i = torch.arange(11, dtype=torch.float32)
+    want = 10 * (1 - i / fade).clamp(min=0) - 6 * (1 - i.flip(0) / fade).clamp(min=0)
+    got = (new.float() - decoded[4:15].float())[:, 0, 0, 0]
+    assert (got - want).abs().max() <= 0.5  # rounding only
+    # joined to the given frames, the steps at both seams are the clip's own (no jump)
+    assert torch.equal(new[0].int() - before.int(), torch.full((4, 4, 3), 2, dtype=torch.int32))
+    assert torch.equal(after.int() - new[-1].int(), torch.full((4, 4, 3), 2, dtype=torch.int32))
+    assert torch.equal(match_seams(decoded, slice(4, 15)), decoded[4:15])  # nothing given: as decoded
+    bright = match_seams(decoded, slice(4, 15), before=torch.full_like(decoded[3], 255))
+    assert bright.max() == 255  # clamped, not wrapped
+
+
 def test_extend_forward_pins_the_input_tail_and_keeps_the_input(pipe, clip):
     out = pipe.extend(clip, "x", "forward", seconds=1.0, **FAST)  # 8 frames = 2 new latents
     T = len(clip.frames)
     assert torch.equal(out.frames[:T], clip.frames) and len(out.frames) == T + 8
     assert out.plan.pinned.tolist() == [True, True, False, False]
     assert torch.equal(out.latent[:, :2], pipe.encode(clip.frames[T - tasks.tail_span(2) :]))
+    decoded = pipe.decode(out.latent)  # the new frames are the decoded ones, carried onto the input's end
+    assert torch.equal(out.frames[T:], match_seams(decoded, slice(tasks.tail_span(2), None), before=clip.frames[-1]))
 
 
 def test_extend_backward_pins_the_input_head_and_keeps_the_input(pipe, clip):
@@ -244,7 +293,8 @@ def test_cli_train_pack(model_dir, tmp_path, monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "train", "pack", model_dir, tmp_path / "p", "--default", "steps=3",
                            "--default", "guidance=2.5")  # fmt: skip
     assert code in (0, None) and "packed" in out
-    assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["defaults"] == {"steps": 3, "guidance": 2.5}
+    defaults = json.loads((tmp_path / "p" / "pipeline.json").read_text())["defaults"]
+    assert defaults == {"shift_scale": 4.0, "steps": 3, "guidance": 2.5}  # the export's own is kept
     code, _, err = run_cli(monkeypatch, capsys, "train", "pack", model_dir, tmp_path / "q", "--default", "steps")
     assert code == 2 and err.startswith("error:") and "KEY=NUMBER" in err and not (tmp_path / "q").exists()
 

@@ -163,7 +163,7 @@ def test_conditioned_tokens_are_clean_and_carry_no_loss(cache):
 
 
 def test_export_loads_into_a_fresh_dit_with_identical_outputs(tmp_path, cache):
-    cfg = DiTTrainConfig(data=str(cache), token_budget=64, steps=2, ema_decay=0.5, **SMALL)
+    cfg = DiTTrainConfig(data=str(cache), token_budget=64, steps=2, ema_decay=0.5, shift_scale=3.0, **SMALL)
     run = setup(tmp_path / "run", cfg)
     for _ in range(2):
         train_step(run)
@@ -183,7 +183,8 @@ def test_export_loads_into_a_fresh_dit_with_identical_outputs(tmp_path, cache):
         emb, mask = text(batch.captions)
         got = dit(p.tokens, p.positions, t, emb, mask, doc_ids=p.doc_ids)
     assert torch.equal(got, want)
-    assert json.loads((out / "pipeline.json").read_text())["text_encoder"] == "builtin:."
+    spec = json.loads((out / "pipeline.json").read_text())
+    assert spec["text_encoder"] == "builtin:." and spec["defaults"] == {"shift_scale": 3.0}  # for the sampler
 
 
 def test_training_reads_frozen_text_embeddings_from_the_cache(tmp_path):
@@ -229,6 +230,8 @@ def test_config_reads_command_line_strings():
         DiTTrainConfig()
     with pytest.raises(KinemaError, match="cannot read depth"):
         DiTTrainConfig.from_strings({"depth": "deep", "data": "x"})
+    with pytest.raises(KinemaError, match="shift_scale must be positive"):
+        DiTTrainConfig.from_strings({"shift_scale": "0", "data": "x"})
 
 
 def test_global_batch_must_split_over_ranks(cache):

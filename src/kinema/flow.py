@@ -103,22 +103,34 @@ def training_t(
     mean: float = 0.0,
     std: float = 1.0,
     device: torch.device | str | None = None,
+    shift_scale: float = 1.0,
 ) -> Tensor:
-    """(S,) training timesteps, one per sample: logit-normal, shifted by each sample's size."""
+    """(S,) training timesteps, one per sample: logit-normal, shifted by each sample's size.
+
+    shift_scale multiplies every sample's `resolution_shift`. The anchors suit 8x VAEs at image
+    sizes of 256 px and up; small latents (a 64 px world clip is 16 tokens a frame) get a shift
+    below 1, so training almost never sees t > 0.95, where only the caption tells what to draw
+    (the noisy input still shows the global colours). The sampler must use the same scale.
+    """
+    if shift_scale <= 0:
+        raise KinemaError(f"shift_scale must be positive; got {shift_scale}")
     t = sample_t_logit_normal(len(num_tokens), mean, std, generator, device)
-    shift = torch.tensor([resolution_shift(n) for n in num_tokens], device=t.device)
+    shift = torch.tensor([shift_scale * resolution_shift(n) for n in num_tokens], device=t.device)
     return shift_t(t, shift)
 
 
-def get_schedule(steps: int, num_tokens: int, shift: float | None = None) -> list[float]:
+def get_schedule(steps: int, num_tokens: int, shift: float | None = None, shift_scale: float = 1.0) -> list[float]:
     """steps + 1 decreasing times from 1 (noise) to 0 (data) for an Euler/Heun sampler.
 
-    Uniform in t, then shifted by `resolution_shift(num_tokens)` (or an explicit `shift`), so
-    that larger samples take more of their steps at high noise, as they were trained.
+    Uniform in t, then shifted by shift_scale * `resolution_shift(num_tokens)` (or an explicit
+    `shift`), so that larger samples take more of their steps at high noise, as they were trained
+    (shift_scale: the one the model was trained with, see `training_t`).
     """
     if steps < 1:
         raise KinemaError(f"steps must be at least 1; got {steps}")
-    s = resolution_shift(num_tokens) if shift is None else shift
+    if shift_scale <= 0:
+        raise KinemaError(f"shift_scale must be positive; got {shift_scale}")
+    s = shift_scale * resolution_shift(num_tokens) if shift is None else shift
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     return shift_t(ts, s).tolist()
 

@@ -60,7 +60,9 @@ WORLD_DIR = Path(__file__).resolve().parent / "weights" / "world"
 PIPELINE_FILE = "pipeline.json"
 
 # Used where pipeline.json has no "defaults"; the world model trains on 64 - 128 px clips at 8 - 12 fps.
-DEFAULTS: dict[str, float] = dict(width=128, height=128, seconds=2.0, fps=12.0, steps=30, guidance=4.0)
+# shift_scale: the training times' scale of the resolution shift (see flow.training_t), which
+# the sampler's schedule must share; a training export writes it into pipeline.json's defaults
+DEFAULTS: dict[str, float] = dict(width=128, height=128, seconds=2.0, fps=12.0, steps=30, guidance=4.0, shift_scale=1.0)
 CONTEXT = 2  # latent frames of context for extend, long, loop and connect (1 + 4 = 5 pixel frames)
 Media = str | os.PathLike | Video | Tensor | np.ndarray
 
@@ -262,6 +264,30 @@ def pad_frames(frames: Tensor, box: tuple[int, int, int, int], time_to: int | No
     return frames
 
 
+SEAM_FADE = 8  # new frames over which a seam's offset fades out (two latent frames)
+
+
+def match_seams(decoded: Tensor, new: slice, before: Tensor | None = None, after: Tensor | None = None,
+                fade: int = SEAM_FADE) -> Tensor:  # fmt: skip
+    """The new frames decoded[new] (uint8 (T, H, W, 3)), carried onto the given frames they join.
+
+    A window decodes its pinned context too, and the decoded context differs from the given
+    frames by the VAE's reconstruction error: joined as they are, the new frames would jump at
+    the seam by that error on top of the motion. So the offset (given frame - its slot in the
+    decoded window) is added to the new frames, in full next to the seam and fading linearly to
+    zero over `fade` frames; the given frames are never touched.
+    before: the given frame just before the new ones, whose slot is decoded[new.start - 1];
+    after: the given frame just after them, whose slot is decoded[new.stop].
+    """
+    out = decoded[new].float()
+    steps = torch.arange(len(out), dtype=torch.float32)
+    for given, slot, dist in ((before, new.start - 1, steps), (after, new.stop, steps.flip(0))):
+        if given is not None:
+            w = (1 - dist / fade).clamp(min=0)[:, None, None, None]  # (T, 1, 1, 1)
+            out += w * (given.float() - decoded[slot].float())
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def crop_frames(frames: Tensor, box: tuple[int, int, int, int]) -> Tensor:
     top, bottom, left, right = box
     H, W = frames.shape[1:3]
@@ -385,7 +411,8 @@ class Pipeline:
         model_fn = make_model_fn(self.dit, text, mask, self.patch, autocast)
         noise = get_noise(plan.shape, seed, device=self.device)
         return denoise(model_fn, noise, plan, int(steps), float(guidance), method=method, patch=self.patch,
-                       progress=progress, callback=callback)  # fmt: skip
+                       progress=progress, callback=callback,
+                       shift_scale=float(self.defaults["shift_scale"]))  # fmt: skip
 
     def _media(self, media: Media, fps: float | None, width: int | None, height: int | None):
         """Input frames at the working size: (padded frames, fps, crop box)."""
@@ -477,7 +504,8 @@ class Pipeline:
             plan, task = tasks.extend_backward(ctx, n + 1), "extend_backward"
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
-        new = self.decode(z)[tasks.new_frames(task, plan, k, k, self.temporal)]
+        edge = dict(before=frames[-1]) if direction == "forward" else dict(after=frames[0])
+        new = match_seams(self.decode(z), tasks.new_frames(task, plan, k, k, self.temporal), **edge)
         whole = torch.cat([frames, new] if direction == "forward" else [new, frames])
         return Output(Video(crop_frames(whole, box), rate), caption, z, plan)
 
@@ -498,7 +526,7 @@ class Pipeline:
         plan = tasks.connect(tail, head, m)
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
-        middle = self.decode(z)[tasks.new_frames("connect", plan, ka, kb, self.temporal)]
+        middle = match_seams(self.decode(z), tasks.new_frames("connect", plan, ka, kb, self.temporal), fa[-1], fb[0])
         return Output(Video(crop_frames(torch.cat([fa, middle, fb]), box), rate), caption, z, plan)
 
     def loop(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
@@ -521,7 +549,8 @@ class Pipeline:
         head, kb = self._head(clip, context)
         plan = tasks.connect(tail, head, m)
         z = self.sample(plan, caption, negative_prompt, seed=seed + 1, **kw)
-        middle = self.decode(z)[tasks.new_frames("connect", plan, ka, kb, self.temporal)]  # 4m - 1 frames
+        middle = match_seams(self.decode(z), tasks.new_frames("connect", plan, ka, kb, self.temporal),
+                             clip[-1], clip[0])  # 4m - 1 frames  # fmt: skip
         return Output(Video(torch.cat([clip, middle]), float(s["fps"])), caption, z, plan)
 
     def edit(self, video: Media, prompt: str, strength: float = 0.6, fps: float | None = None,
@@ -574,7 +603,8 @@ class Pipeline:
             ctx = self.encode(recent)  # (C, k, h, w)
             plan = tasks.extend_forward(ctx, W - k)
             z = self.sample(plan, caption, negative_prompt, seed=seed + index, **kw)
-            frames = self.decode(z)[tasks.new_frames("extend_forward", plan, k, 0, self.temporal)].clone()
+            new = tasks.new_frames("extend_forward", plan, k, 0, self.temporal)
+            frames = match_seams(self.decode(z), new, before=recent[-1])
             del z, ctx
 
     def long(self, prompt: str, seconds: float, window: float = 2.0, out: str | os.PathLike | None = None,
@@ -681,7 +711,8 @@ def pack_model(source: str | os.PathLike, out: str | os.PathLike, *, vae: str | 
     """Copy a model folder (an export or a run) into `out` as a self-contained folder to ship:
     the DiT and the builtin text encoder stored in `dtype` (float16 halves the files; loading
     gives float32 back), pipeline.json naming `vae` (a shipped VAE name such as "world-vae", or
-    the source's VAE copied into out/vae/) and the sampling `defaults` / `expand` given."""
+    the source's VAE copied into out/vae/) and the sampling `defaults` / `expand` given (over the
+    source's own defaults)."""
     from safetensors.torch import load_file, save_file
 
     from kinema.vae import load_vae, save_vae
@@ -711,6 +742,7 @@ def pack_model(source: str | os.PathLike, out: str | os.PathLike, *, vae: str | 
            "step": spec.get("step")}  # fmt: skip
     if expand is not None:
         doc["expand"] = "world" if expand else False
+    defaults = {**spec.get("defaults", {}), **(defaults or {})}  # the export's shift_scale stays
     if defaults:
         doc["defaults"] = defaults
     (dst / PIPELINE_FILE).write_text(json.dumps(doc, indent=1) + "\n")

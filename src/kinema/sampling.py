@@ -107,14 +107,16 @@ def get_noise(
     return torch.randn(tuple(shape), generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
-def plan_schedule(steps: int, num_tokens: int, t_start: float = 1.0, shift: float | None = None) -> list[float]:
+def plan_schedule(
+    steps: int, num_tokens: int, t_start: float = 1.0, shift: float | None = None, shift_scale: float = 1.0
+) -> list[float]:
     """Decreasing times from t_start to 0: the shifted schedule of `steps` steps from 1, cut at t_start.
 
     t_start = 1 gives `get_schedule(steps, num_tokens)`. A lower t_start (SDEdit) keeps the
     schedule's times below it, so it takes the steps the full run would take from there on
     (fewer for a lighter edit, as in diffusers' image-to-image); t_start = 0 gives [0]: no step.
     """
-    full = get_schedule(steps, num_tokens, shift)
+    full = get_schedule(steps, num_tokens, shift, shift_scale)
     if t_start >= 1.0:
         return full
     return [float(t_start)] + [t for t in full if t < t_start]
@@ -195,18 +197,20 @@ def denoise(
     shift: float | None = None,
     patch: Patch = DEFAULT_PATCH,
     progress: bool = True,
+    shift_scale: float = 1.0,
     callback: Callback | None = None,
 ) -> Tensor:
     """Sample the plan from noise x (C, T, H, W) (see `get_noise`); returns the clean latent.
 
     steps: steps of the full schedule from t = 1 (a plan starting lower takes those below it);
     method: "euler" (one model call a step) or "heun" (two, the last step Euler);
-    shift: the schedule's shift (None: `flow.resolution_shift` of the plan's token count).
+    shift: the schedule's shift (None: shift_scale times `flow.resolution_shift` of the plan's
+    token count; shift_scale is the one the model was trained with).
     Deterministic: the same x, plan and arguments give the same latent.
     """
     if method not in METHODS:
         raise KinemaError(f"unknown sampler {method!r}; choose from {', '.join(METHODS)}")
-    times = plan_schedule(steps, plan.num_tokens(patch), plan.t_start, shift)
+    times = plan_schedule(steps, plan.num_tokens(patch), plan.t_start, shift, shift_scale)
     x = start_latent(plan, x)
     bar = None
     if progress and len(times) > 1:

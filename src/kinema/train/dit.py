@@ -77,6 +77,10 @@ class DiTTrainConfig:
             depth / heads overrides; attention (sdpa | flex); checkpointing (recompute blocks)
     Text:   text_encoder: builtin (trained jointly, text_dim / text_depth / text_heads) or hf:DIR
             (frozen); caption_dropout: probability of the empty caption (classifier-free guidance)
+    Noise:  shift_scale multiplies the resolution shift of the training times (flow.training_t).
+            Small latents of flat-coloured worlds need > 1 to train the high-noise steps, where
+            only the caption tells what to draw: None means 4 on Kinema World, 1 (SD3's shift)
+            on a latent cache. Exports carry it to the sampler.
     Data:   data: "world" (Kinema World rendered and encoded on the fly with `vae`, clips sized by
             the world_* knobs; world_clips = N > 0 makes it a fixed world of N clips, world_cache
             keeps their latents in memory) or a latent cache folder from `kinema data encode`;
@@ -99,6 +103,7 @@ class DiTTrainConfig:
     text_depth: int = 2
     text_heads: int = 4
     caption_dropout: float = 0.1
+    shift_scale: float | None = None
 
     data: str = "world"
     vae: str = ""
@@ -141,6 +146,10 @@ class DiTTrainConfig:
             problems.append(f"attention must be sdpa or flex, not {self.attention!r}")
         if not (self.text_encoder == "builtin" or self.text_encoder.startswith("hf:")):
             problems.append(f"text_encoder must be builtin or hf:DIR, not {self.text_encoder!r}")
+        if self.shift_scale is None:  # resolved once, so config.json holds the value used
+            object.__setattr__(self, "shift_scale", 4.0 if self.data == "world" else 1.0)
+        if not self.shift_scale > 0:
+            problems.append(f"shift_scale must be positive; got {self.shift_scale}")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption_dropout must be in [0, 1); got {self.caption_dropout}")
         if self.data == "world" and not self.vae:
@@ -324,7 +333,7 @@ def make_micro_batch(batch, cfg: DiTTrainConfig, dit_config: DiTConfig, null_tex
     packed = batch.packed
     captions = drop_captions(batch.captions, cfg.caption_dropout, g)
     sizes = [t * h * w for t, h, w in packed.grids]
-    t_sample = training_t(sizes, g)  # (S,)
+    t_sample = training_t(sizes, g, shift_scale=cfg.shift_scale)  # (S,)
     cond = [draw_condition_mask(grid[0], g, cfg.condition_probs).float() for grid in packed.grids]
     t_tok, loss_mask = pin_conditions(packed.per_sample(t_sample), packed.per_frame(cond) > 0)  # (L,), (L,)
     loss_mask = loss_mask & packed.valid
@@ -613,8 +622,10 @@ def export_weights(run: Run, out: str | os.PathLike) -> Path:
             enc.save(out)
             text_spec = "builtin:."
         vae = run.cfg.vae if run.cfg.data == "world" else run.data.settings.get("vae", "")
-        write_json(out / PIPELINE, {"dit": DIT_WEIGHTS, "dit_config": DIT_CONFIG, "text_encoder": text_spec,
-                                     "vae": vae, "step": run.step})  # fmt: skip
+        spec = {"dit": DIT_WEIGHTS, "dit_config": DIT_CONFIG, "text_encoder": text_spec, "vae": vae, "step": run.step}
+        if run.cfg.shift_scale != 1.0:  # the sampler's schedule must match the training times
+            spec["defaults"] = {"shift_scale": run.cfg.shift_scale}
+        write_json(out / PIPELINE, spec)
     barrier(d)
     with torch.no_grad():
         for n, p in model.named_parameters():
