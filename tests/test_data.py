@@ -286,3 +286,31 @@ def test_world_stream_packs_clips_and_images_within_the_budget():
     for b in batches:
         for i, g in zip(b.ids, b.packed.grids):
             assert stream.tokens(i) == g[0] * g[1] * g[2]
+
+
+def test_world_cache_on_disk_serves_a_new_stream_the_same_latents(tmp_path, monkeypatch):
+    vae = tiny_vae()
+    kw = dict(min_side=32, max_side=48, min_seconds=0.5, max_seconds=1.0, fps_choices=(8.0,), clips=4, seed=2)
+    first = WorldStream(vae, 64, cache_dir=tmp_path, **kw)
+    want = [first.load(i) for i in range(4)]
+    files = sorted(first.cache_dir.glob("clip-*.safetensors"))
+    assert len(files) == 4 and first.cache_dir.parent == tmp_path
+
+    import kinema.world.render as render
+
+    def no_render(*a, **k):
+        raise AssertionError("a cached clip was rendered again")
+
+    monkeypatch.setattr(render, "render", no_render)
+    again = WorldStream(vae, 64, cache_dir=tmp_path, **kw)  # a resumed run: a new process, same folder
+    for i, (z, caption, _) in enumerate(want):
+        got = again.load(i)
+        assert torch.equal(got[0], z) and got[1] == caption
+    # another setting or other VAE weights: another folder, never the stale latents
+    assert WorldStream(vae, 64, cache_dir=tmp_path, **{**kw, "seed": 3}).cache_dir != first.cache_dir
+    other = tiny_vae()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    assert WorldStream(other, 64, cache_dir=tmp_path, **kw).cache_dir != first.cache_dir
+    with pytest.raises(KinemaError, match="fixed world"):
+        WorldStream(vae, 64, cache_dir=tmp_path, **{**kw, "clips": None})

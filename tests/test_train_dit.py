@@ -136,6 +136,7 @@ def test_loss_falls_on_world(tmp_path):
     print(f"world loss: first 5 steps {first:.3f}, last 5 steps {last:.3f}")
     assert last < 0.7 * first
     assert (tmp_path / "run/tb").is_dir()
+    assert len(list((tmp_path / "run/world_cache").rglob("clip-*.safetensors"))) == 16  # a resume reads them
 
 
 def test_conditioned_tokens_are_clean_and_carry_no_loss(cache):

@@ -295,8 +295,11 @@ class WorldStream(PackedSequences):
 
     clips = None (endless): epoch e is clips [e epoch_size, (e + 1) epoch_size), new clips every
     epoch, so the stream never repeats. clips = N: a fixed world of N clips, reshuffled every
-    epoch like a ShardDataset; `cache` then keeps their latents in memory after the first use.
-    Rendering and encoding run in this process, on the VAE's device.
+    epoch like a ShardDataset; `cache` then keeps their latents in memory after the first use,
+    and `cache_dir` on disk too (one safetensors file a clip, under a subfolder named by a
+    fingerprint of the VAE weights and every setting that shapes a clip), so that a resumed run
+    does not encode its world again. Rendering and encoding run in this process, on the VAE's
+    device.
     """
 
     def __init__(
@@ -319,6 +322,7 @@ class WorldStream(PackedSequences):
         epoch_size: int = 1024,
         clips: int | None = None,
         cache: bool = False,
+        cache_dir: str | os.PathLike | None = None,
     ):
         super().__init__(token_budget, seed, rank, world_size, patch, window, pad)
         if not 0 <= image_prob <= 1:
@@ -332,9 +336,29 @@ class WorldStream(PackedSequences):
         self.image_prob = float(image_prob)
         self.epoch_size = int(epoch_size)
         self.clips = clips
-        self.cache: dict[int, tuple[Tensor, str, None]] | None = {} if cache else None
+        self.cache: dict[int, tuple[Tensor, str, None]] | None = {} if cache or cache_dir is not None else None
         self._plans: OrderedDict[int, dict] = OrderedDict()
         self.plan(0)  # check the knobs now
+        self.cache_dir = None
+        if cache_dir is not None:
+            if clips is None:
+                raise KinemaError("a world cache on disk needs a fixed world (clips = N)")
+            self.cache_dir = Path(cache_dir) / self._fingerprint()
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def _fingerprint(self) -> str:
+        """A short hash of what a clip's latent depends on: the VAE's weights and the clip settings."""
+        h = hashlib.sha1()
+        for name, p in sorted(self.vae.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        settings = dict(self.knobs, seed=self.seed, token_budget=self.token_budget, patch=list(self.patch),
+                        max_frames=self.max_frames, image_prob=self.image_prob)  # fmt: skip
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    def _cached_file(self, i: int) -> Path:
+        return self.cache_dir / f"clip-{i:07d}.safetensors"
 
     def plan(self, i: int) -> dict:
         """Clip i: clip_plan's spec, size, fps and seed, plus frames, image frame and tokens."""
@@ -374,6 +398,13 @@ class WorldStream(PackedSequences):
 
         if self.cache is not None and i in self.cache:
             return self.cache[i]
+        if self.cache_dir is not None and self._cached_file(i).is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(self._cached_file(i)), "pt") as fh:
+                out = (fh.get_tensor("latent"), fh.metadata()["caption"], None)
+            self.cache[i] = out
+            return out
         p = self.plan(i)
         f = self.vae.config.temporal_factor
         if p["image_frame"] is not None:
@@ -387,4 +418,10 @@ class WorldStream(PackedSequences):
         out = (encode_frames(self.vae, frames), clip.caption, None)
         if self.cache is not None:
             self.cache[i] = out
+        if self.cache_dir is not None:  # written whole, then renamed: a killed run leaves no half file
+            from safetensors.torch import save_file
+
+            tmp = self._cached_file(i).with_suffix(f".tmp{os.getpid()}")
+            save_file({"latent": out[0].contiguous()}, str(tmp), metadata={"caption": out[1]})
+            os.replace(tmp, self._cached_file(i))
         return out

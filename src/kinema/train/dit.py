@@ -83,7 +83,8 @@ class DiTTrainConfig:
             on a latent cache. Exports carry it to the sampler.
     Data:   data: "world" (Kinema World rendered and encoded on the fly with `vae`, clips sized by
             the world_* knobs; world_clips = N > 0 makes it a fixed world of N clips, world_cache
-            keeps their latents in memory) or a latent cache folder from `kinema data encode`;
+            keeps their latents in memory and in RUN/world_cache/, so a resume does not encode
+            them again) or a latent cache folder from `kinema data encode`;
             token_budget: tokens a packed sequence; sequences_per_step: G, the global batch in
             sequences (a multiple of the number of ranks); condition_probs: frame-conditioning mix
     Optim:  AdamW (lr, betas, weight_decay), linear warmup, then constant, or cosine down to
@@ -423,7 +424,7 @@ def _vocabulary(cfg: DiTTrainConfig, data, root: Path, d: Dist) -> WordTokenizer
     return tok
 
 
-def _make_data(cfg: DiTTrainConfig, d: Dist, patch):
+def _make_data(cfg: DiTTrainConfig, d: Dist, patch, root: Path):
     from kinema.data import ShardDataset, WorldStream
 
     if cfg.data == "world":
@@ -437,6 +438,7 @@ def _make_data(cfg: DiTTrainConfig, d: Dist, patch):
             max_seconds=cfg.world_max_seconds, fps_choices=cfg.world_fps, max_frames=cfg.world_max_frames,
             image_prob=cfg.world_image_prob, epoch_size=cfg.world_epoch_size,
             clips=cfg.world_clips or None, cache=cfg.world_cache,
+            cache_dir=root / "world_cache" if cfg.world_cache and cfg.world_clips else None,
         )  # fmt: skip
     return ShardDataset(cfg.data, cfg.token_budget, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
                         patch=patch, window=cfg.pack_window, pad=cfg.pad_to_budget)  # fmt: skip
@@ -456,7 +458,7 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
     barrier(d)
 
     patch = PRESETS[cfg.model]().patch
-    data = _make_data(cfg, d, patch)
+    data = _make_data(cfg, d, patch, root)
     frozen_text, null_text = None, None
     if cfg.text_encoder == "builtin":
         tok = _vocabulary(cfg, data, root, d)
