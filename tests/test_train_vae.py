@@ -1,5 +1,6 @@
 """VAE training: exact resume, export that loads, clear errors for bad settings."""
 
+import json
 import subprocess
 import sys
 
@@ -93,3 +94,23 @@ def test_ema_forgets_the_random_initialisation_early():
     assert (warm.shadow["weight"] - 1).abs().max() < 1e-3  # the weights of the last steps
     assert (plain.shadow["weight"] - 1).abs().max() > 0.5  # ~95% still the initialisation
     assert warm.decay_at(10**6) == 0.999
+
+
+def test_cli_resume_keeps_the_runs_settings_and_changes_only_options_given(tmp_path, monkeypatch, capsys):
+    from kinema import cli
+
+    def kinema(*args):
+        monkeypatch.setattr(sys, "argv", ["kinema", "train", "vae", str(tmp_path / "run"), *args])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        return e.value.code or 0, capsys.readouterr().err
+
+    assert kinema("--steps", "1", "--batch", "1", "--frames", "1", "--sizes", "32x32", "--seed", "5",
+                  "--lr", "1e-3")[0] == 0  # fmt: skip
+    assert kinema("--steps", "2")[0] == 0  # a resume, one setting changed
+    cfg = json.loads((tmp_path / "run/config.json").read_text())["train"]
+    assert cfg["steps"] == 2 and cfg["seed"] == 5 and cfg["lr"] == 1e-3
+    assert cfg["frames"] == [1] and cfg["sizes"] == [[32, 32]] and cfg["batch"] == 1
+    (tmp_path / "run/config.json").write_text("{not json")
+    code, err = kinema("--steps", "3")
+    assert code == 2 and err.startswith("error:") and "cannot read the run's settings" in err

@@ -6,6 +6,7 @@ Heavy modules (torch, av) are imported inside the commands so `kinema --help` is
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -312,39 +313,51 @@ def data_encode(
 
 @train_app.command("vae")
 def train_vae_cmd(
-    run: Path = typer.Argument(..., help="Run folder (config.json, tb/, checkpoints/, export/). An existing run resumes exactly."),
-    data: str = typer.Option("world", help="'world' (Kinema World rendered on the fly) or a manifest .jsonl of real videos."),
-    vae: str = typer.Option("tiny", help="VAE preset: tiny, small or base."),
-    steps: int = typer.Option(20000, min=1, help="Total optimizer steps."),
-    batch: int = typer.Option(4, min=1, help="Clips a step, over all processes."),
-    lr: float = typer.Option(2e-4, help="Peak learning rate (warmup, then cosine to 10%); 1e-3 trains the tiny VAE worse."),
-    frames: str = typer.Option("1,9,17", help="Clip lengths drawn per step, each 1 + 4k; 1 trains on images."),
-    sizes: str = typer.Option("64x64,96x64,64x96,80x48,48x80", help="Clip sizes WIDTHxHEIGHT drawn per step, multiples of 8."),
-    seed: int = typer.Option(0, help="Seed of the data and the initial weights."),
-    ckpt_every: int = typer.Option(500, min=1, help="Steps between checkpoints."),
-    init: str = typer.Option("", help="Start from the weights of a saved VAE (a folder such as OTHER_RUN/export, or a shipped name): fine-tuning, or a new schedule."),
-    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="With --init: train the decoder only, so the latents (and a DiT trained on them) stay valid."),
+    run: Path = typer.Argument(..., help="Run folder (config.json, tb/, checkpoints/, export/). An existing run resumes exactly, with its own settings; options given change them."),
+    data: str = typer.Option(None, help="'world' (Kinema World rendered on the fly, the default) or a manifest .jsonl of real videos."),
+    vae: str = typer.Option(None, help="VAE preset: tiny (default), small or base."),
+    steps: int = typer.Option(None, min=1, help="Total optimizer steps [default: 20000]."),
+    batch: int = typer.Option(None, min=1, help="Clips a step, over all processes [default: 4]."),
+    lr: float = typer.Option(None, help="Peak learning rate (warmup, then cosine to 10%) [default: 2e-4]; 1e-3 trains the tiny VAE worse."),
+    frames: str = typer.Option(None, help="Clip lengths drawn per step, each 1 + 4k; 1 trains on images [default: 1,9,17]."),
+    sizes: str = typer.Option(None, help="Clip sizes WIDTHxHEIGHT drawn per step, multiples of 8 [default: 64x64,96x64,64x96,80x48,48x80]."),
+    seed: int = typer.Option(None, help="Seed of the data and the initial weights [default: 0]."),
+    ckpt_every: int = typer.Option(None, min=1, help="Steps between checkpoints [default: 500]."),
+    init: str = typer.Option(None, help="Start from the weights of a saved VAE (a folder such as OTHER_RUN/export, or a shipped name): fine-tuning, or a new schedule."),
+    freeze_encoder: bool = typer.Option(None, "--freeze-encoder", help="With --init: train the decoder only, so the latents (and a DiT trained on them) stay valid."),
     export_only: bool = typer.Option(False, "--export-only", help="Only export the latest checkpoint's EMA weights to RUN/export (works while the run trains)."),
 ) -> None:
     """Train the causal 3D VAE (L1 + SSIM + KL). Many processes: torchrun --nproc_per_node N -m kinema.cli train vae RUN (DDP).
 
     The EMA weights are exported to RUN/export (safetensors + config.json) at the end.
     """
+    import dataclasses
+
     from kinema.train.vae import VAETrainConfig, export_vae, train_vae
 
     if export_only:
         typer.echo(f"exported the EMA weights to {export_vae(run)}")
         return
 
-    lengths = parse_ints(frames, "--frames")
-    shapes = tuple(parse_size(s)[::-1] for s in sizes.split(","))
-    cfg = VAETrainConfig(vae=vae, data=data, steps=steps, batch=batch, lr=lr, frames=lengths, sizes=shapes,
-                         seed=seed, ckpt_every=ckpt_every, init=init, freeze_encoder=freeze_encoder)  # fmt: skip
+    given = dict(vae=vae, data=data, steps=steps, batch=batch, lr=lr, seed=seed, ckpt_every=ckpt_every, init=init,
+                 freeze_encoder=freeze_encoder)  # fmt: skip
+    if frames is not None:
+        given["frames"] = parse_ints(frames, "--frames")
+    if sizes is not None:
+        given["sizes"] = tuple(parse_size(s)[::-1] for s in sizes.split(","))
+    given = {k: v for k, v in given.items() if v is not None}
+    saved, base = run / "config.json", None
+    if saved.is_file():  # resuming: the run's own settings, changed only where an option is given
+        try:
+            base = VAETrainConfig.from_dict(json.loads(saved.read_text())["train"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise KinemaError(f"cannot read the run's settings {saved}: {e}") from None
+    cfg = dataclasses.replace(base, **given) if base is not None else VAETrainConfig(**given)
     losses = train_vae(cfg, run)
     if losses:
-        typer.echo(f"trained to step {steps}, last loss {losses[-1]:.4f}; EMA weights in {run / 'export'}")
+        typer.echo(f"trained to step {cfg.steps}, last loss {losses[-1]:.4f}; EMA weights in {run / 'export'}")
     else:
-        typer.echo(f"{run} is already at step {steps}; raise --steps to train further")
+        typer.echo(f"{run} is already at step {cfg.steps}; raise --steps to train further")
 
 
 @train_app.command("dit")
