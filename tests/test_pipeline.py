@@ -196,6 +196,9 @@ def test_match_seams_carries_the_given_frames_offset_and_fades_it():
     assert torch.equal(match_seams(decoded, slice(4, 15)), decoded[4:15])  # nothing given: as decoded
     bright = match_seams(decoded, slice(4, 15), before=torch.full_like(decoded[3], 255))
     assert bright.max() == 255  # clamped, not wrapped
+    short = match_seams(decoded, slice(4, 8), before=before, after=after, fade=fade)  # 4 frames < fade
+    assert torch.equal(short[0].int() - before.int(), torch.full((4, 4, 3), 2, dtype=torch.int32))
+    assert torch.equal(after.int() - short[-1].int(), torch.full((4, 4, 3), 2, dtype=torch.int32))
 
 
 def test_extend_forward_pins_the_input_tail_and_keeps_the_input(pipe, clip):

@@ -281,9 +281,10 @@ def match_seams(decoded: Tensor, new: slice, before: Tensor | None = None, after
     """
     out = decoded[new].float()
     steps = torch.arange(len(out), dtype=torch.float32)
+    span = max(1, min(fade, len(out) - 1))  # a short window: each offset is gone at the far end
     for given, slot, dist in ((before, new.start - 1, steps), (after, new.stop, steps.flip(0))):
         if given is not None:
-            w = (1 - dist / fade).clamp(min=0)[:, None, None, None]  # (T, 1, 1, 1)
+            w = (1 - dist / span).clamp(min=0)[:, None, None, None]  # (T, 1, 1, 1)
             out += w * (given.float() - decoded[slot].float())
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
