@@ -188,6 +188,38 @@ def test_export_loads_into_a_fresh_dit_with_identical_outputs(tmp_path, cache):
     assert spec["text_encoder"] == "builtin:." and spec["defaults"] == {"shift_scale": 3.0}  # for the sampler
 
 
+def test_init_starts_from_an_export_and_init_reset_draws_parts_afresh(tmp_path, cache):
+    base = DiTTrainConfig(data=str(cache), token_budget=64, steps=2, **SMALL)
+    first = setup(tmp_path / "a", base)
+    for _ in range(2):
+        train_step(first)
+    export = export_weights(first, tmp_path / "a" / "export")
+    dit, text = load_export(export)
+    want = {**{f"dit.{k}": v for k, v in dit.state_dict().items()}, **{f"text.{k}": v for k, v in text.state_dict().items()}}
+
+    tuned = setup(tmp_path / "b", DiTTrainConfig(data=str(cache), token_budget=64, init=str(export), **SMALL))
+    got = tuned.model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert all(torch.equal(tuned.ema.shadow[k], want[k]) for k in tuned.ema.shadow)  # the average starts there too
+    assert tuned.model.text.tokenizer.vocab == text.tokenizer.vocab
+
+    cfg = DiTTrainConfig(data=str(cache), token_budget=64, init=str(export), init_reset=("cross", "text_pool"), **SMALL)
+    reset = setup(tmp_path / "c", cfg).model.state_dict()
+    fresh = setup(tmp_path / "f", base).model.state_dict()  # the ordinary initialisation of this seed
+    for k in want:
+        drawn = ".cross." in k or k.startswith("dit.text_pool.")
+        assert torch.equal(reset[k], fresh[k] if drawn else want[k]), k
+    assert not all(torch.equal(fresh[k], want[k]) for k in want if ".cross." in k)  # training moved them
+    assert not any(reset[k].any() for k in reset if ".cross.proj." in k)  # outputs at zero
+    with pytest.raises(KinemaError, match="no module named"):
+        setup(tmp_path / "d", DiTTrainConfig(data=str(cache), token_budget=64, init=str(export), init_reset=("crossing",),
+                                             **SMALL))  # fmt: skip
+    with pytest.raises(KinemaError, match="does not fit"):
+        setup(tmp_path / "e", DiTTrainConfig(data=str(cache), token_budget=64, init=str(export), **{**SMALL, "hidden": 32}))
+    with pytest.raises(KinemaError, match="init_reset needs init"):
+        DiTTrainConfig(data=str(cache), init_reset=("cross",))
+
+
 def test_training_reads_frozen_text_embeddings_from_the_cache(tmp_path):
     from safetensors.torch import save_file
 

@@ -40,6 +40,7 @@ import os
 import time
 import types
 import typing
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -89,7 +90,12 @@ class DiTTrainConfig:
             sequences (a multiple of the number of ranks); condition_probs: frame-conditioning mix
     Optim:  AdamW (lr, betas, weight_decay), linear warmup, then constant, or cosine down to
             min_lr by decay_steps when decay_steps > 0; grad_clip; ema_decay
-    Run:    steps, seed, device (auto | cpu | cuda), checkpoint_every, keep_checkpoints
+    Run:    steps, seed, device (auto | cpu | cuda), checkpoint_every, keep_checkpoints;
+            init: an export folder whose weights (DiT and builtin text encoder, same shapes and
+            words) a new run starts from, fine-tuning; init_reset: parts of it drawn afresh
+            instead, each a dotted name of a module (e.g. "text_embed,text_pool,cross": the
+            caption path of every block), with the ordinary initialisation (cross-attention
+            outputs at zero)
     """
 
     model: str = "tiny"
@@ -138,6 +144,8 @@ class DiTTrainConfig:
     device: str = "auto"
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    init: str = ""
+    init_reset: tuple[str, ...] = ()
 
     def __post_init__(self):
         problems = []
@@ -153,6 +161,8 @@ class DiTTrainConfig:
             problems.append(f"shift_scale must be positive; got {self.shift_scale}")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption_dropout must be in [0, 1); got {self.caption_dropout}")
+        if self.init_reset and not self.init:
+            problems.append("init_reset needs init: the export whose other weights to keep")
         if self.data == "world" and not self.vae:
             problems.append("data=world needs a VAE to encode the clips: set vae=DIR_OR_NAME")
         for name in ("token_budget", "sequences_per_step", "pack_window", "steps", "checkpoint_every"):
@@ -416,8 +426,11 @@ def _vocabulary(cfg: DiTTrainConfig, data, root: Path, d: Dist) -> WordTokenizer
     path = root / "vocab.json"
     if path.is_file():
         return WordTokenizer(json.loads(path.read_text())["words"])
-    texts = world_captions() if cfg.data == "world" else data.captions
-    tok = WordTokenizer.from_texts(texts)
+    if cfg.init:  # fine-tuning: the exported encoder's words
+        tok = BuiltinTextEncoder.load(cfg.init).tokenizer
+    else:
+        texts = world_captions() if cfg.data == "world" else data.captions
+        tok = WordTokenizer.from_texts(texts)
     barrier(d)  # every rank has read the folder before rank 0 writes
     if d.is_main:
         write_json(path, {"words": tok.vocab[len(SPECIALS) :]})
@@ -486,6 +499,8 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
               peak_flops=peak_flops(d.device))  # fmt: skip
 
     ckpt = latest_checkpoint(root / "checkpoints")
+    if ckpt is None and cfg.init:
+        _init_from(run, cfg.init, cfg.init_reset)
     if ckpt is not None:
         state = train_state(model, optimizer, run.ema)
         meta = load_checkpoint(ckpt, state, d)
@@ -493,6 +508,33 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
         data.load_state_dict({"position": meta["position"]})
         run.step = int(meta["step"])
     return run
+
+
+def _init_from(run: Run, directory: str, reset: Sequence[str]) -> None:
+    """Load an export's weights into a new run's model (and its EMA), but for the `reset` parts."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    model = run.model
+    if run.d.distributed:
+        raise KinemaError("init loads into one process; start the run on one process, then resume under torchrun")
+    try:
+        given = {f"dit.{k}": v for k, v in load_file(str(d / DIT_WEIGHTS)).items()}
+        if model.text is not None:
+            given |= {f"text.{k}": v for k, v in load_file(str(d / BuiltinTextEncoder.WEIGHTS)).items()}
+    except OSError as e:
+        raise KinemaError(f"init: cannot read the exported weights in {d}: {e}") from None
+    own = model.state_dict()
+    wrong = sorted(k for k in own if k not in given or given[k].shape != own[k].shape)
+    if wrong:
+        raise KinemaError(f"init: {d} does not fit this run's model (model, hidden, depth, text_*): {wrong[:3]} ...")
+    hits = {p: [k for k in own if f".{p}." in f".{k}."] for p in reset}
+    missing = [p for p, ks in hits.items() if not ks]
+    if missing:
+        raise KinemaError(f"init_reset: no module named {missing}")
+    fresh = {k for ks in hits.values() for k in ks}
+    model.load_state_dict({k: (own[k] if k in fresh else given[k].to(own[k].dtype)) for k in own})
+    run.ema = EMA(model, run.cfg.ema_decay)
 
 
 def save(run: Run) -> Path:
