@@ -201,6 +201,31 @@ def test_config_round_trip_and_validation():
         DiT(CFG, attention="xformers")
 
 
+def test_cross_gate_starts_open_and_lets_the_timestep_close_the_caption():
+    gated = random_model()
+    with torch.no_grad():  # the pooled caption vector off: only cross-attention reads the caption
+        gated.text_pool[2].weight.zero_(), gated.text_pool[2].bias.zero_()
+    plain = DiT(DiTConfig(**{**CFG.to_dict(), "cross_gate": False})).eval()
+    new = ("cross_gate.", "cross_table")  # the gate's own weights
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if not any(n in k for n in new)})
+    L = 2 * 2 * 3
+    x, pos = torch.randn(1, L, CFG.token_dim), positions((2, 2, 3))
+    t = torch.full((1, L), 0.7)
+    text, mask = captions(1)
+    with torch.no_grad():
+        gated.cross_gate.weight.zero_(), gated.cross_gate.bias.zero_()
+        for blk in gated.blocks:
+            blk.cross_table.zero_()
+        torch.testing.assert_close(gated(x, pos, t, text, mask), plain(x, pos, t, text, mask))  # a zero gate: as before
+        other = captions(1, seed=9)
+        assert not torch.allclose(gated(x, pos, t, text, mask), gated(x, pos, t, *other))
+        gated.cross_gate.bias.fill_(-1.0)  # gate -1: the caption path is closed
+        torch.testing.assert_close(gated(x, pos, t, text, mask), gated(x, pos, t, *other))
+    # configs saved before the gate existed load without it
+    old = {k: v for k, v in CFG.to_dict().items() if k != "cross_gate"}
+    assert DiTConfig.from_dict(old).cross_gate is False and CFG.cross_gate is True
+
+
 @pytest.mark.parametrize(
     "name, low, high",
     [("tiny", 2e6, 8e6), ("b", 110e6, 150e6), ("l", 430e6, 570e6), ("xl_1b", 0.9e9, 1.3e9), ("xl_3b", 2.6e9, 3.4e9)],

@@ -369,7 +369,7 @@ def train_dit_cmd(
 ) -> None:
     """Train the DiT with rectified flow on Kinema World (data=world) or a latent cache (data=FOLDER).
 
-    Keys: model (tiny, small, b, l, xl_1b, xl_3b), hidden, depth, heads, attention, checkpointing, text_encoder, text_dim, caption_dropout, shift_scale (more high-noise training for small latents), data, vae, token_budget, sequences_per_step, steps, lr, warmup, decay_steps, grad_clip, ema_decay, seed, checkpoint_every, world_* (clip sizes); see DiTTrainConfig.
+    Keys: model (tiny, small, b, l, xl_1b, xl_3b), hidden, depth, heads, attention, checkpointing, text_encoder, text_dim, caption_dropout, shift_scale (more high-noise training for small latents), data, vae, token_budget, sequences_per_step, steps, lr, warmup, decay_steps, grad_clip, ema_decay, seed, checkpoint_every, init (start from an export), init_reset (modules of it drawn afresh), world_* (clip sizes), world_cache (keep the encoded world in RUN/world_cache); see DiTTrainConfig.
 
     Many processes: torchrun --nproc_per_node N -m kinema.cli train dit RUN ... (FSDP2).
     """

@@ -5,7 +5,7 @@
     c --SiLU, Linear--> shared modulation (B, L, 6D); each block adds its own learned (6, D) table
     block:  x += gate1 * SelfAttn(modulate(LN(x), shift1, scale1))   3D RoPE, QK RMSNorm,
                                                                     block-diagonal when packed
-            x += CrossAttn(LN(x), caption tokens)                    each sample its own caption
+            x += (1 + gate3) * CrossAttn(LN(x), caption tokens)      each sample its own caption
             x += gate2 * MLP(modulate(LN(x), shift2, scale2))        SwiGLU or GELU-tanh
     final:  Linear(modulate(LN(x), shift, scale)) -> v (B, L, C*pt*ph*pw)
 
@@ -16,6 +16,14 @@ instead one shared projection is computed once and each block adds a learned tab
 "adaLN-single" of PixArt-alpha, also used by Wan). Gates, tables, the shared projection, the
 cross-attention output and the final layer start at zero (adaLN-Zero): every block starts as the
 identity and a fresh model outputs zeros.
+
+The cross-attention gate (`cross_gate`): gate3 = shared Linear(SiLU(c)) + a per-block table,
+both zero at first. Softmax attention returns a convex mix of the caption's values, so without
+a gate the caption's contribution has the same size at every noise level. At low noise the
+frame shows what the caption says and that contribution only perturbs; a small model then
+shrinks the caption values towards zero for every t, and the text path dies before the rare
+high-noise steps, where only the caption tells what to draw, can teach it. The gate lets the
+timestep close it at low noise and keep it open at high noise.
 
 Attention runs through `scaled_dot_product_attention` (flash / cuDNN kernels on a GPU when there
 is no mask: one sample a row) or, for packed sequences, either SDPA with a dense block-diagonal
@@ -57,6 +65,8 @@ class DiTConfig:
                           embedding (a global caption vector in the modulation, as SD3 / flux do
                           with their pooled CLIP vector)
     freq_dim:             width of the sinusoidal timestep features
+    cross_gate:           scale each block's cross-attention by (1 + a timestep-driven gate); see
+                          the module doc (configs saved before it existed read as False)
 
     Presets take overrides: DiTConfig.l(text_dim=4096) for a T5-XXL text encoder.
     """
@@ -73,6 +83,7 @@ class DiTConfig:
     rope_theta: float = 10000.0
     pooled_text: bool = True
     freq_dim: int = 256
+    cross_gate: bool = True
 
     def __post_init__(self):
         problems = []
@@ -163,7 +174,7 @@ class DiTConfig:
         unknown = set(d) - known
         if unknown:
             raise KinemaError(f"unknown DiT config keys {sorted(unknown)}; known keys: {sorted(known)}")
-        d = dict(d)
+        d = {"cross_gate": False, **d}  # saved before the gate existed: none
         if "patch" in d:
             d["patch"] = tuple(d["patch"])
         if d.get("rope_axes") is not None:
@@ -188,6 +199,7 @@ class DiTConfig:
             self.token_dim * D  # x_embed
             + self.freq_dim * D + D * D  # timestep MLP
             + 6 * D * D  # shared modulation
+            + (D * D if self.cross_gate else 0)  # shared cross-attention gate
             + self.depth * block_tok
             + 2 * D * D + D * self.token_dim  # final modulation + output
         )
@@ -361,14 +373,17 @@ class DiTBlock(nn.Module):
         self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(D, config.mlp_hidden, config.mlp)
         self.mod_table = nn.Parameter(torch.zeros(6, D))  # added to the shared modulation
+        self.cross_table = nn.Parameter(torch.zeros(D)) if config.cross_gate else None  # added to the shared gate
 
     def forward(
-        self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, context: Tensor, masks: AttentionMasks
+        self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, context: Tensor, masks: AttentionMasks,
+        gate: Tensor | None = None,
     ) -> Tensor:
-        # x: (B, L, D); mod: (B, L, 6, D) shared modulation
+        # x: (B, L, D); mod: (B, L, 6, D) shared modulation; gate: (B, L, D) shared cross gate or None
         shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.mod_table).unbind(dim=-2)  # 6 x (B, L, D)
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, masks.self_mask)
-        x = x + self.cross(self.norm2(x), context, masks.cross_mask)
+        cross = self.cross(self.norm2(x), context, masks.cross_mask)
+        x = x + (cross if gate is None else (1 + gate + self.cross_table) * cross)
         x = x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
         return x
 
@@ -414,6 +429,7 @@ class DiT(nn.Module):
             nn.Sequential(nn.Linear(config.text_dim, D), nn.SiLU(), nn.Linear(D, D)) if config.pooled_text else None
         )
         self.t_mod = nn.Linear(D, 6 * D)
+        self.cross_gate = nn.Linear(D, D) if config.cross_gate else None
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.final = FinalLayer(D, config.token_dim)
         self.init_weights()
@@ -429,9 +445,11 @@ class DiT(nn.Module):
                 m.reset_parameters()
         for lin in (self.t_embed[0], self.t_embed[2]):
             nn.init.normal_(lin.weight, std=0.02)
-        zero = [self.t_mod, self.final.mod, self.final.out]
+        zero = [self.t_mod, self.final.mod, self.final.out] + ([self.cross_gate] if self.cross_gate is not None else [])
         for blk in self.blocks:
             nn.init.zeros_(blk.mod_table)
+            if blk.cross_table is not None:
+                nn.init.zeros_(blk.cross_table)
             zero.append(blk.cross.proj)
         for lin in zero:
             nn.init.zeros_(lin.weight)
@@ -547,6 +565,7 @@ class DiT(nn.Module):
         x = self.x_embed(tokens)  # (B, L, D)
         context, masks, pooled = self._text_and_masks(text, text_mask, B, L, doc_ids, text_doc)
         c, mod = self.conditioning(t, pooled)  # (B, L, D), (B, L, 6, D)
+        gate = self.cross_gate(F.silu(c)) if self.cross_gate is not None else None  # (B, L, D)
         cos, sin = rope_angles(positions, cfg.rope_split, cfg.rope_theta)  # (L or B L, d/2)
         if cos.ndim == 2:
             cos, sin = cos[None, None], sin[None, None]  # (1, 1, L, d/2)
@@ -555,9 +574,9 @@ class DiT(nn.Module):
 
         for block in self.blocks:
             if self.checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, mod, cos, sin, context, masks, use_reentrant=False)
+                x = checkpoint(block, x, mod, cos, sin, context, masks, gate, use_reentrant=False)
             else:
-                x = block(x, mod, cos, sin, context, masks)  # (B, L, D)
+                x = block(x, mod, cos, sin, context, masks, gate)  # (B, L, D)
         return self.final(x, c)  # (B, L, C*pt*ph*pw)
 
     # ------------------------------------------------------------ sizes

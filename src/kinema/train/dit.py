@@ -93,9 +93,9 @@ class DiTTrainConfig:
     Run:    steps, seed, device (auto | cpu | cuda), checkpoint_every, keep_checkpoints;
             init: an export folder whose weights (DiT and builtin text encoder, same shapes and
             words) a new run starts from, fine-tuning; init_reset: parts of it drawn afresh
-            instead, each a dotted name of a module (e.g. "text_embed,text_pool,cross": the
-            caption path of every block), with the ordinary initialisation (cross-attention
-            outputs at zero)
+            instead, each a dotted name of a module (e.g. "text_embed,text_pool,cross,cross_gate":
+            the caption path), with the ordinary initialisation (cross-attention outputs at
+            zero); modules the export lacks (a newer architecture) must be among them
     """
 
     model: str = "tiny"
@@ -525,14 +525,14 @@ def _init_from(run: Run, directory: str, reset: Sequence[str]) -> None:
     except OSError as e:
         raise KinemaError(f"init: cannot read the exported weights in {d}: {e}") from None
     own = model.state_dict()
-    wrong = sorted(k for k in own if k not in given or given[k].shape != own[k].shape)
-    if wrong:
-        raise KinemaError(f"init: {d} does not fit this run's model (model, hidden, depth, text_*): {wrong[:3]} ...")
     hits = {p: [k for k in own if f".{p}." in f".{k}."] for p in reset}
     missing = [p for p, ks in hits.items() if not ks]
     if missing:
         raise KinemaError(f"init_reset: no module named {missing}")
-    fresh = {k for ks in hits.values() for k in ks}
+    fresh = {k for ks in hits.values() for k in ks}  # these need not be in the export (new parts)
+    wrong = sorted(k for k in own if k not in fresh and (k not in given or given[k].shape != own[k].shape))
+    if wrong:
+        raise KinemaError(f"init: {d} does not fit this run's model (model, hidden, depth, text_*): {wrong[:3]} ...")
     model.load_state_dict({k: (own[k] if k in fresh else given[k].to(own[k].dtype)) for k in own})
     run.ema = EMA(model, run.cfg.ema_decay)
 
