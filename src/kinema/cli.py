@@ -409,7 +409,7 @@ def train_pack_cmd(
     source: Path = typer.Argument(..., help="A model folder: a DiT run (its export/) or an export folder."),
     out: Path = typer.Argument(..., help="Folder to write the packed model into."),
     vae: str = typer.Option(None, help="Name of a shipped VAE to refer to (e.g. world-vae); default: copy the source's VAE into OUT/vae."),
-    default: list[str] = typer.Option([], "--default", help="KEY=VALUE sampling default stored in pipeline.json (width, height, seconds, fps, steps, guidance). Repeat it."),
+    default: list[str] = typer.Option([], "--default", help="KEY=VALUE sampling default stored in pipeline.json (width, height, seconds, fps, steps, guidance, shift_scale; an export's own shift_scale is kept). Repeat it."),
     expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand short prompts with the Kinema World grammar by default."),
     half: bool = typer.Option(True, "--half/--full", help="Store weights as float16 (half the size; loaded back as float32)."),
 ) -> None:
