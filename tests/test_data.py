@@ -288,6 +288,22 @@ def test_world_stream_packs_clips_and_images_within_the_budget():
             assert stream.tokens(i) == g[0] * g[1] * g[2]
 
 
+def test_prefill_encodes_the_same_world_in_worker_processes(tmp_path):
+    vae = tiny_vae()
+    kw = dict(min_side=32, max_side=48, min_seconds=0.5, max_seconds=1.0, fps_choices=(8.0,), clips=5, seed=4,
+              image_prob=0.4)  # fmt: skip
+    want = [WorldStream(vae, 64, cache=True, **kw).load(i) for i in range(5)]
+    filled = WorldStream(vae, 64, cache_dir=tmp_path, **kw)
+    assert filled.prefill(workers=2, progress=False) == 5
+    assert len(list(filled.cache_dir.glob("clip-*.safetensors"))) == 5
+    for i, (z, caption, _) in enumerate(want):
+        got = WorldStream(vae, 64, cache_dir=tmp_path, **kw).load(i)  # read back from disk
+        assert torch.allclose(got[0], z, atol=1e-6) and got[1] == caption
+    assert filled.prefill(workers=2, progress=False) == 0  # nothing left to do
+    with pytest.raises(KinemaError, match="fixed"):
+        WorldStream(vae, 64, cache=True, **{**kw, "clips": None}).prefill(2)
+
+
 def test_world_cache_on_disk_serves_a_new_stream_the_same_latents(tmp_path, monkeypatch):
     vae = tiny_vae()
     kw = dict(min_side=32, max_side=48, min_seconds=0.5, max_seconds=1.0, fps_choices=(8.0,), clips=4, seed=2)

@@ -9,7 +9,7 @@ import torch
 
 from kinema.errors import KinemaError
 from kinema.train.vae import VAETrainConfig, _init_from, export_vae, step_plan, train_vae
-from kinema.vae import load_vae
+from kinema.vae import load_vae, save_vae
 
 SMALL = dict(vae="tiny", steps=4, batch=2, frames=(1, 5), sizes=((16, 16), (16, 24)), ckpt_every=2, warmup=2)
 
@@ -22,6 +22,14 @@ def test_resume_is_exact(tmp_path):
     rest = train_vae(cfg, tmp_path / "split", progress=False)
     assert len(whole) == 4 and len(first) == 2 and len(rest) == 2
     assert first + rest == whole  # bit-identical: data, posterior noise and optimizer state resume
+
+
+def test_render_workers_give_the_same_run(tmp_path):
+    in_process = train_vae(VAETrainConfig(**{**SMALL, "steps": 3}), tmp_path / "a", progress=False)
+    ahead = train_vae(VAETrainConfig(**{**SMALL, "steps": 3, "workers": 2}), tmp_path / "b", progress=False)
+    assert ahead == in_process  # the batches come in step order, whoever makes them
+    with pytest.raises(KinemaError, match="workers"):
+        VAETrainConfig(**{**SMALL, "workers": -1})
 
 
 def test_export_loads_and_reconstructs_shape(tmp_path):
@@ -49,7 +57,9 @@ def test_export_only_and_init_from_a_saved_vae(tmp_path):
         _init_from(CausalVAE(VAEConfig.small()), str(tmp_path / "a" / "export"))
     with pytest.raises(KinemaError, match="not a VAE run"):
         export_vae(tmp_path / "nothing")
-    # decoder fine-tuning: the encoder (so the latent space) is exactly the init's
+    # decoder fine-tuning: the encoder (so the latent space, and its statistics) is exactly the init's
+    final.set_latent_stats([0.1 * c for c in range(16)], [1.0 + c for c in range(16)])
+    save_vae(final, tmp_path / "a" / "export")
     tuned = train_vae(VAETrainConfig(**{**SMALL, "steps": 2, "init": str(tmp_path / "a" / "export"),
                                         "freeze_encoder": True}), tmp_path / "b", progress=False)
     assert len(tuned) == 2
@@ -58,6 +68,8 @@ def test_export_only_and_init_from_a_saved_vae(tmp_path):
     assert not all(torch.equal(p, q) for p, q in zip(b.decoder.state_dict().values(), final.decoder.state_dict().values()))
     again = load_vae(export_vae(tmp_path / "b"))  # a decoder-only run exports from its checkpoint too
     assert all(torch.equal(p, q) for p, q in zip(again.state_dict().values(), b.state_dict().values()))
+    for vae in (b, again):
+        assert vae.config.latent_mean == final.config.latent_mean and vae.config.latent_std == final.config.latent_std
     with pytest.raises(KinemaError, match="needs --init"):
         VAETrainConfig(**{**SMALL, "freeze_encoder": True})
 

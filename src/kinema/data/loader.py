@@ -394,7 +394,6 @@ class WorldStream(PackedSequences):
 
     def load(self, i: int) -> tuple[Tensor, str, Tensor | None]:
         from kinema.data.cache import encode_frames
-        from kinema.world.render import render
 
         if self.cache is not None and i in self.cache:
             return self.cache[i]
@@ -405,17 +404,10 @@ class WorldStream(PackedSequences):
                 out = (fh.get_tensor("latent"), fh.metadata()["caption"], None)
             self.cache[i] = out
             return out
-        p = self.plan(i)
-        f = self.vae.config.temporal_factor
-        if p["image_frame"] is not None:
-            n = p["image_frame"] + 1
-            clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
-            frames = torch.from_numpy(clip.frames[-1:])  # (1, H, W, 3)
-        else:
-            n = 1 + f * (p["latent_frames"] - 1)
-            clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
-            frames = torch.from_numpy(clip.frames)  # (n, H, W, 3)
-        out = (encode_frames(self.vae, frames), clip.caption, None)
+        frames, caption = render_planned(self.plan(i), self.vae.config.temporal_factor)
+        return self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None))
+
+    def _keep(self, i: int, out: tuple[Tensor, str, None]) -> tuple[Tensor, str, None]:
         if self.cache is not None:
             self.cache[i] = out
         if self.cache_dir is not None:  # written whole, then renamed: a killed run leaves no half file
@@ -425,3 +417,42 @@ class WorldStream(PackedSequences):
             save_file({"latent": out[0].contiguous()}, str(tmp), metadata={"caption": out[1]})
             os.replace(tmp, self._cached_file(i))
         return out
+
+    def prefill(self, workers: int, progress: bool = True) -> int:
+        """Encode every clip of a fixed world not yet cached, `workers` processes rendering ahead
+        of the encoder (which stays in this process, on the VAE's device); returns how many."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm import tqdm
+
+        from kinema.data.cache import encode_frames
+
+        if self.clips is None or self.cache is None:
+            raise KinemaError("prefill needs a fixed, cached world (clips = N with a cache)")
+        todo = [i for i in range(self.clips) if i not in self.cache
+                and not (self.cache_dir is not None and self._cached_file(i).is_file())]  # fmt: skip
+        if not todo:
+            return 0
+        f = self.vae.config.temporal_factor
+        # fork: the children only render (numpy), they never touch the parent's GPU context
+        with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("fork")) as pool:
+            rendered = pool.map(render_planned, [self.plan(i) for i in todo], [f] * len(todo), chunksize=4)
+            for i, (frames, caption) in tqdm(zip(todo, rendered), total=len(todo), desc="encode world",
+                                             disable=not progress):  # fmt: skip
+                self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None))
+        return len(todo)
+
+
+def render_planned(p: dict, temporal_factor: int) -> tuple[np.ndarray, str]:
+    """The frames (n, H, W, 3) uint8 and caption of a planned world clip: one frame for an image,
+    else 1 + temporal_factor (latent_frames - 1) frames."""
+    from kinema.world.render import render
+
+    if p["image_frame"] is not None:
+        n = p["image_frame"] + 1
+        clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
+        return clip.frames[-1:], clip.caption
+    n = 1 + temporal_factor * (p["latent_frames"] - 1)
+    clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
+    return clip.frames, clip.caption

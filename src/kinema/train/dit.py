@@ -85,7 +85,9 @@ class DiTTrainConfig:
     Data:   data: "world" (Kinema World rendered and encoded on the fly with `vae`, clips sized by
             the world_* knobs; world_clips = N > 0 makes it a fixed world of N clips, world_cache
             keeps their latents in memory and in RUN/world_cache/, so a resume does not encode
-            them again) or a latent cache folder from `kinema data encode`;
+            them again; world_workers = K > 0 renders such a world in K processes and encodes
+            it all before the first step, to keep a GPU fed) or a latent cache folder from
+            `kinema data encode`;
             token_budget: tokens a packed sequence; sequences_per_step: G, the global batch in
             sequences (a multiple of the number of ranks); condition_probs: frame-conditioning mix
     Optim:  AdamW (lr, betas, weight_decay), linear warmup, then constant, or cosine down to
@@ -128,6 +130,7 @@ class DiTTrainConfig:
     world_epoch_size: int = 1024
     world_clips: int = 0
     world_cache: bool = False
+    world_workers: int = 0
     condition_probs: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONDITION_PROBS))
 
     steps: int = 1000
@@ -161,6 +164,8 @@ class DiTTrainConfig:
             problems.append(f"shift_scale must be positive; got {self.shift_scale}")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption_dropout must be in [0, 1); got {self.caption_dropout}")
+        if self.world_workers < 0:
+            problems.append(f"world_workers must be >= 0; got {self.world_workers}")
         if self.init_reset and not self.init:
             problems.append("init_reset needs init: the export whose other weights to keep")
         if self.data == "world" and not self.vae:
@@ -444,7 +449,7 @@ def _make_data(cfg: DiTTrainConfig, d: Dist, patch, root: Path):
         from kinema.vae import load_vae
 
         vae = load_vae(cfg.vae, device=d.device)
-        return WorldStream(
+        stream = WorldStream(
             vae, cfg.token_budget, seed=cfg.seed, rank=d.rank, world_size=d.world_size, patch=patch,
             window=min(cfg.pack_window, cfg.world_clips or cfg.world_epoch_size), pad=cfg.pad_to_budget,
             min_side=cfg.world_min_side, max_side=cfg.world_max_side, min_seconds=cfg.world_min_seconds,
@@ -453,6 +458,11 @@ def _make_data(cfg: DiTTrainConfig, d: Dist, patch, root: Path):
             clips=cfg.world_clips or None, cache=cfg.world_cache,
             cache_dir=root / "world_cache" if cfg.world_cache and cfg.world_clips else None,
         )  # fmt: skip
+        if cfg.world_workers and cfg.world_clips and cfg.world_cache:
+            if d.is_main:  # the other ranks read the files it writes
+                stream.prefill(cfg.world_workers)
+            barrier(d)
+        return stream
     return ShardDataset(cfg.data, cfg.token_budget, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
                         patch=patch, window=cfg.pack_window, pad=cfg.pad_to_budget)  # fmt: skip
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -56,12 +57,15 @@ class VAETrainConfig:
     keep: int = 2
     init: str = ""                        # a saved VAE (folder or shipped name) to start from
     freeze_encoder: bool = False          # train the decoder only: the latents stay the same
+    workers: int = 0                      # processes that render / read the next batches ahead
 
     def __post_init__(self) -> None:
         if self.freeze_encoder and not self.init:
             raise KinemaError("--freeze-encoder needs --init: a trained VAE whose encoder to keep")
         if self.batch < 1 or self.steps < 1:
             raise KinemaError("--batch and --steps must be >= 1")
+        if self.workers < 0:
+            raise KinemaError(f"--workers must be >= 0; got {self.workers}")
         for f in self.frames:
             if f < 1 or (f - 1) % 4:
                 raise KinemaError(f"--frames: every clip length must be 1 + 4k (1, 5, 9, 17, ...); got {f}")
@@ -157,6 +161,37 @@ def _fit(v: np.ndarray, frames: int, h: int, w: int, rng: np.random.Generator) -
     return v[:, y:y + h, x:x + w]
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item s is the batch of step s on one rank: a pure function of (seed, s, rank), so worker
+    processes can make them ahead, in any order, and a resume needs only the step."""
+
+    def __init__(self, cfg: VAETrainConfig, data: ManifestData | None, indices: range):
+        self.cfg, self.data, self.indices = cfg, data, indices
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        if self.data is None:
+            return world_batch(self.cfg, step, self.indices)
+        return self.data.batch(self.cfg, step, self.indices)
+
+
+def step_batches(cfg: VAETrainConfig, data: ManifestData | None, indices: range, start: int):
+    """The batches of steps start .. cfg.steps, in order; made by `cfg.workers` processes ahead."""
+    source = StepBatches(cfg, data, indices)
+    if cfg.workers == 0:
+        return (source[s] for s in range(start, cfg.steps))
+    return iter(torch.utils.data.DataLoader(
+        source, batch_size=None, sampler=range(start, cfg.steps), num_workers=cfg.workers,
+        prefetch_factor=4, persistent_workers=False, worker_init_fn=_one_thread,
+    ))  # fmt: skip
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # a render worker needs no intra-op threads of its own
+
+
 # ---------------------------------------------------------------- loop
 
 def lr_at(cfg: VAETrainConfig, step: int) -> float:
@@ -189,6 +224,7 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
         _init_from(model, cfg.init)
     if cfg.freeze_encoder:  # the latent space stays as it is: only the decoder learns
         model.encoder.requires_grad_(False)
+        _keep_latent_stats(model, cfg.init)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     ema = EMA(model, cfg.ema_decay)
@@ -207,15 +243,20 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
     weights = LossWeights(l1=cfg.l1, ssim=cfg.ssim, kl=cfg.kl)
     per_rank = cfg.batch // d.world_size
     log = Logger(run_dir, d, total=cfg.steps, initial=start, desc="train vae") if progress else None
+    cuda = d.device.type == "cuda"
+    if cuda:  # fp32 weights and loss, the convolutions in bf16 on the GPU's matrix units
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    batches = step_batches(cfg, data, range(d.rank * per_rank, (d.rank + 1) * per_rank), start)
     losses = []
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        idx = range(d.rank * per_rank, (d.rank + 1) * per_rank)
-        x = (world_batch(cfg, step, idx) if data is None else data.batch(cfg, step, idx)).to(d.device)
+        x = next(batches).to(d.device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        recon, posterior = net(x, generator=gen)
-        loss, parts = vae_loss(x, recon, posterior, weights)
+        with autocast:
+            recon, posterior = net(x, generator=gen)
+        loss, parts = vae_loss(x, recon.float(), posterior, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
@@ -249,6 +290,16 @@ def _init_from(model: torch.nn.Module, source: str) -> None:
     if shape(other.config) != shape(model.config):
         raise KinemaError(f"--init {source}: its shape differs from the preset being trained")
     model.load_state_dict(other.state_dict())
+
+
+def _keep_latent_stats(model: torch.nn.Module, source: str) -> None:
+    """A frozen encoder keeps its latents, so the saved VAE keeps the source's latent statistics
+    (which a DiT trained on those latents relies on); on a fresh start and on a resume alike."""
+    from kinema.vae import load_vae
+
+    c = load_vae(source).config
+    if c.latent_mean is not None and c.latent_std is not None:
+        model.set_latent_stats(c.latent_mean, c.latent_std)
 
 
 def export_vae(run_dir: str | Path) -> Path:

@@ -430,9 +430,10 @@ class DiagonalGaussian:
         return torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
+        # drawn where the generator lives (a CPU generator serves a model on the GPU too)
+        where = generator.device if generator is not None else self.mean.device
+        noise = torch.randn(self.mean.shape, generator=generator, device=where, dtype=self.mean.dtype)
+        noise = noise.to(self.mean.device)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
