@@ -92,6 +92,18 @@ def test_shift_scale_moves_training_and_sampling_times_alike():
             get_schedule(8, n, shift_scale=bad)
 
 
+def test_plain_prob_trains_both_ends():
+    n, count = 48, 8000
+    high = training_t([n] * count, torch.Generator().manual_seed(1), shift_scale=12.0)
+    mixed = training_t([n] * count, torch.Generator().manual_seed(1), shift_scale=12.0, plain_prob=0.5)
+    assert torch.equal(training_t([n] * count, torch.Generator().manual_seed(1), shift_scale=12.0, plain_prob=0.0), high)
+    low = lambda t: float((t < 0.5).float().mean())  # noqa: E731
+    assert low(high) < 0.05 and low(mixed) > 0.3  # half the samples at the plain shift: t < 0.5 at 75%
+    assert float((mixed > 0.95).float().mean()) > 0.4 * float((high > 0.95).float().mean())  # about half kept
+    with pytest.raises(KinemaError, match="plain_prob"):
+        training_t([n], plain_prob=1.5)
+
+
 def test_condition_mask_patterns():
     def m(kind, k=1):
         return condition_mask(kind, 6, k).int().tolist()

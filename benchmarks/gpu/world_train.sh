@@ -18,7 +18,7 @@ VAE=(--init world-vae --batch 16 --frames 1,9,17 --sizes "$SIZES" --ckpt-every 2
 "${K[@]}" train vae "$RUNS/vae_full" "${VAE[@]}" --steps 6000 --lr 2e-4 --workers 5 >"$RUNS/vae_full.log" 2>&1 &
 "${K[@]}" train vae "$RUNS/vae_dec" "${VAE[@]}" --steps 6000 --lr 2e-4 --workers 4 --freeze-encoder >"$RUNS/vae_dec.log" 2>&1 &
 "${K[@]}" train dit "$RUNS/dit" --set vae=world-vae --set init=src/kinema/weights/world \
-  --set shift_scale=12 --set token_budget=4096 --set sequences_per_step=4 --set lr=5e-4 --set warmup=200 \
+  --set shift_scale=12 --set plain_shift_prob=0.5 --set token_budget=4096 --set sequences_per_step=4 --set lr=5e-4 --set warmup=200 \
   --set steps="$DIT_STEPS" --set checkpoint_every=500 --set world_min_side=64 --set world_max_side=160 \
   --set world_min_seconds=1 --set world_max_seconds=3 --set world_image_prob=0.1 --set world_clips=12000 \
   --set world_cache=true --set world_workers=6 \

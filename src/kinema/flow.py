@@ -104,6 +104,7 @@ def training_t(
     std: float = 1.0,
     device: torch.device | str | None = None,
     shift_scale: float = 1.0,
+    plain_prob: float = 0.0,
 ) -> Tensor:
     """(S,) training timesteps, one per sample: logit-normal, shifted by each sample's size.
 
@@ -111,11 +112,20 @@ def training_t(
     sizes of 256 px and up; small latents (a 64 px world clip is 16 tokens a frame) get a shift
     below 1, so training almost never sees t > 0.95, where only the caption tells what to draw
     (the noisy input still shows the global colours). The sampler must use the same scale.
+    A large scale starves the other end: at 12, a 48-token clip draws t < 0.5, where objects and
+    edges take shape, 3.5% of the time. plain_prob: the share of samples drawn with the plain
+    resolution shift instead (scale 1), so that both ends are trained.
     """
     if shift_scale <= 0:
         raise KinemaError(f"shift_scale must be positive; got {shift_scale}")
+    if not 0 <= plain_prob <= 1:
+        raise KinemaError(f"plain_prob must be in [0, 1]; got {plain_prob}")
     t = sample_t_logit_normal(len(num_tokens), mean, std, generator, device)
-    shift = torch.tensor([shift_scale * resolution_shift(n) for n in num_tokens], device=t.device)
+    scale = torch.full((len(num_tokens),), float(shift_scale), dtype=torch.float64)
+    if plain_prob > 0:  # drawn only then: runs without it keep their random stream
+        plain = torch.rand(len(num_tokens), generator=generator, dtype=torch.float64) < plain_prob
+        scale = torch.where(plain, torch.ones_like(scale), scale)
+    shift = torch.tensor([float(c) * resolution_shift(n) for c, n in zip(scale, num_tokens)], device=t.device)
     return shift_t(t, shift)
 
 

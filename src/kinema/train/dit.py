@@ -81,7 +81,8 @@ class DiTTrainConfig:
     Noise:  shift_scale multiplies the resolution shift of the training times (flow.training_t).
             Small latents of flat-coloured worlds need > 1 to train the high-noise steps, where
             only the caption tells what to draw: None means 4 on Kinema World, 1 (SD3's shift)
-            on a latent cache. Exports carry it to the sampler.
+            on a latent cache. Exports carry it to the sampler. plain_shift_prob: the share of
+            samples drawn with scale 1 instead, so the low-noise steps (objects, edges) train too.
     Data:   data: "world" (Kinema World rendered and encoded on the fly with `vae`, clips sized by
             the world_* knobs; world_clips = N > 0 makes it a fixed world of N clips, world_cache
             keeps their latents in memory and in RUN/world_cache/, so a resume does not encode
@@ -113,6 +114,7 @@ class DiTTrainConfig:
     text_heads: int = 4
     caption_dropout: float = 0.1
     shift_scale: float | None = None
+    plain_shift_prob: float = 0.0
 
     data: str = "world"
     vae: str = ""
@@ -162,6 +164,8 @@ class DiTTrainConfig:
             object.__setattr__(self, "shift_scale", 4.0 if self.data == "world" else 1.0)
         if not self.shift_scale > 0:
             problems.append(f"shift_scale must be positive; got {self.shift_scale}")
+        if not 0 <= self.plain_shift_prob <= 1:
+            problems.append(f"plain_shift_prob must be in [0, 1]; got {self.plain_shift_prob}")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption_dropout must be in [0, 1); got {self.caption_dropout}")
         if self.world_workers < 0:
@@ -349,7 +353,7 @@ def make_micro_batch(batch, cfg: DiTTrainConfig, dit_config: DiTConfig, null_tex
     packed = batch.packed
     captions = drop_captions(batch.captions, cfg.caption_dropout, g)
     sizes = [t * h * w for t, h, w in packed.grids]
-    t_sample = training_t(sizes, g, shift_scale=cfg.shift_scale)  # (S,)
+    t_sample = training_t(sizes, g, shift_scale=cfg.shift_scale, plain_prob=cfg.plain_shift_prob)  # (S,)
     cond = [draw_condition_mask(grid[0], g, cfg.condition_probs).float() for grid in packed.grids]
     t_tok, loss_mask = pin_conditions(packed.per_sample(t_sample), packed.per_frame(cond) > 0)  # (L,), (L,)
     loss_mask = loss_mask & packed.valid
