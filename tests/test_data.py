@@ -322,6 +322,13 @@ def test_world_cache_on_disk_serves_a_new_stream_the_same_latents(tmp_path, monk
     for i, (z, caption, _) in enumerate(want):
         got = again.load(i)
         assert torch.equal(got[0], z) and got[1] == caption
+    # a file damaged from outside is encoded again (with a warning), not a crash
+    monkeypatch.undo()
+    files[1].write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        got = WorldStream(vae, 64, cache_dir=tmp_path, **kw).load(1)
+    assert torch.equal(got[0], want[1][0]) and got[1] == want[1][1]
+    assert torch.equal(WorldStream(vae, 64, cache_dir=tmp_path, **kw).load(1)[0], want[1][0])  # rewritten
     # another setting or other VAE weights: another folder, never the stale latents
     assert WorldStream(vae, 64, cache_dir=tmp_path, **{**kw, "seed": 3}).cache_dir != first.cache_dir
     other = tiny_vae()

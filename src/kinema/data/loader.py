@@ -400,10 +400,14 @@ class WorldStream(PackedSequences):
         if self.cache_dir is not None and self._cached_file(i).is_file():
             from safetensors import safe_open
 
-            with safe_open(str(self._cached_file(i)), "pt") as fh:
-                out = (fh.get_tensor("latent"), fh.metadata()["caption"], None)
-            self.cache[i] = out
-            return out
+            try:
+                with safe_open(str(self._cached_file(i)), "pt") as fh:
+                    out = (fh.get_tensor("latent"), fh.metadata()["caption"], None)
+            except Exception as e:  # damaged from outside (files are written whole): make it again
+                warnings.warn(f"{self._cached_file(i)} is unreadable ({e}); encoding the clip again", stacklevel=2)
+            else:
+                self.cache[i] = out
+                return out
         frames, caption = render_planned(self.plan(i), self.vae.config.temporal_factor)
         return self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None))
 
