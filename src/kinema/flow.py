@@ -123,7 +123,8 @@ def training_t(
     t = sample_t_logit_normal(len(num_tokens), mean, std, generator, device)
     scale = torch.full((len(num_tokens),), float(shift_scale), dtype=torch.float64)
     if plain_prob > 0:  # drawn only then: runs without it keep their random stream
-        plain = torch.rand(len(num_tokens), generator=generator, dtype=torch.float64) < plain_prob
+        where = generator.device if generator is not None else None  # the generator's own device
+        plain = torch.rand(len(num_tokens), generator=generator, device=where, dtype=torch.float64).cpu() < plain_prob
         scale = torch.where(plain, torch.ones_like(scale), scale)
     shift = torch.tensor([float(c) * resolution_shift(n) for c, n in zip(scale, num_tokens)], device=t.device)
     return shift_t(t, shift)
