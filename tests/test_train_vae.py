@@ -123,6 +123,11 @@ def test_cli_resume_keeps_the_runs_settings_and_changes_only_options_given(tmp_p
     cfg = json.loads((tmp_path / "run/config.json").read_text())["train"]
     assert cfg["steps"] == 2 and cfg["seed"] == 5 and cfg["lr"] == 1e-3
     assert cfg["frames"] == [1] and cfg["sizes"] == [[32, 32]] and cfg["batch"] == 1
+    assert kinema("--steps", "3", "--workers", "1")[0] == 0
+    assert json.loads((tmp_path / "run/config.json").read_text())["train"]["workers"] == 1
+    code, err = kinema("--steps", "4", "--init", str(tmp_path / "run/export"), "--freeze-encoder")
+    assert code == 2 and "cannot change it" in err  # the optimizer state holds every parameter
+    assert kinema("--steps", "4", "--train-encoder")[0] == 0  # the run's own setting: fine
     (tmp_path / "run/config.json").write_text("{not json")
     code, err = kinema("--steps", "3")
     assert code == 2 and err.startswith("error:") and "cannot read the run's settings" in err

@@ -324,7 +324,7 @@ def train_vae_cmd(
     seed: int = typer.Option(None, help="Seed of the data and the initial weights (default 0)."),
     ckpt_every: int = typer.Option(None, min=1, help="Steps between checkpoints (default 500)."),
     init: str = typer.Option(None, help="Start from the weights of a saved VAE (a folder such as OTHER_RUN/export, or a shipped name): fine-tuning, or a new schedule."),
-    freeze_encoder: bool = typer.Option(None, "--freeze-encoder/--train-encoder", help="With --init: train the decoder only, so the latents (and a DiT trained on them) stay valid (default: train both)."),
+    freeze_encoder: bool = typer.Option(None, "--freeze-encoder/--train-encoder", help="With --init: train the decoder only, so the latents (and a DiT trained on them) stay valid (default: train both; fixed for the life of a run)."),
     workers: int = typer.Option(None, min=0, help="Processes that render or read the next batches while the model trains (default 0: in this process). Several keep a GPU fed."),
     export_only: bool = typer.Option(False, "--export-only", help="Only export the latest checkpoint's EMA weights to RUN/export (works while the run trains)."),
 ) -> None:
@@ -370,7 +370,7 @@ def train_dit_cmd(
 ) -> None:
     """Train the DiT with rectified flow on Kinema World (data=world) or a latent cache (data=FOLDER).
 
-    Keys: model (tiny, small, b, l, xl_1b, xl_3b), hidden, depth, heads, attention, checkpointing, text_encoder, text_dim, caption_dropout, shift_scale (more high-noise training for small latents), data, vae, token_budget, sequences_per_step, steps, lr, warmup, decay_steps, grad_clip, ema_decay, seed, checkpoint_every, init (start from an export), init_reset (modules of it drawn afresh), world_* (clip sizes), world_cache (keep the encoded world in RUN/world_cache); see DiTTrainConfig.
+    Keys: model (tiny, small, b, l, xl_1b, xl_3b), hidden, depth, heads, attention, checkpointing, text_encoder, text_dim, caption_dropout, shift_scale (more high-noise training for small latents), plain_shift_prob (a share of samples at the plain shift: the low-noise steps), data, vae, token_budget, sequences_per_step, steps, lr, warmup, decay_steps, grad_clip, ema_decay, seed, checkpoint_every, init (start from an export), init_reset (modules of it drawn afresh), world_* (clip sizes), world_cache (keep the encoded world in RUN/world_cache), world_workers (render that world in K processes first); see DiTTrainConfig.
 
     Many processes: torchrun --nproc_per_node N -m kinema.cli train dit RUN ... (FSDP2).
     """

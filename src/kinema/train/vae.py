@@ -220,6 +220,11 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
     torch.manual_seed(cfg.seed)
     model = CausalVAE(PRESETS[cfg.vae]).to(d.device)
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if ckpt is not None and (run_dir / "config.json").is_file():
+        before = json.loads((run_dir / "config.json").read_text())["train"].get("freeze_encoder", False)
+        if before != cfg.freeze_encoder:  # the optimizer state holds the parameters it trained
+            raise KinemaError(f"{run_dir} was trained with freeze_encoder={before}; a resume cannot change it "
+                              f"(start a new run with --init {run_dir / 'export'})")
     if ckpt is None and cfg.init:
         _init_from(model, cfg.init)
     if cfg.freeze_encoder:  # the latent space stays as it is: only the decoder learns
