@@ -454,6 +454,18 @@ def eval_world(
     typer.echo(f"wrote {paths['scores']} and {paths['report']} (with clips/ and metrics/ PNGs)")
 
 
+@eval_app.command("words")
+def eval_words_cmd(
+    model: str = typer.Option("world", help="A model NAME ('world') or folder PATH (an export, a training run, a packed model)."),
+) -> None:
+    """Which caption words the model reads: the change of its clean-latent prediction from a noisy real clip when the first object's colour or shape, the sky or the ground is swapped in the caption, beside the change between the two real renders (share = model / real; 0: not read). 3 fixed scenes, t = 0.5, 0.8, 0.95; seconds on a CPU."""
+    from kinema.eval.words import read_words
+    from kinema.pipeline import Pipeline, set_threads
+
+    set_threads()
+    print_table(read_words(Pipeline.from_pretrained(model)))
+
+
 @eval_app.command("vae")
 def eval_vae_cmd(
     model: str = typer.Option("world-vae", help="A shipped VAE name or a folder written by save_vae (e.g. RUN/export)."),

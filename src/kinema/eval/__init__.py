@@ -7,5 +7,6 @@
 
 judge.py reads clips (segmentation, tracking, background, camera) and scores them; suite.py
 holds the prompt suites, the clip sources (renders, baselines, the door for trained models),
-the runner and the calibration; report.py writes scores.json, report.md and the pictures.
+the runner and the calibration; report.py writes scores.json, report.md and the pictures;
+words.py probes which caption words a model reads, from its predictions on noisy real clips.
 """
