@@ -104,6 +104,7 @@ def read_words(pipe, times: tuple[float, ...] = TIMES, cases=CASES, seed: int = 
         text, mask = pipe.text_encoder(rows)
         model_fn = make_model_fn(pipe.dit, text.to(pipe.device), mask.to(pipe.device), pipe.patch)
         noise = get_noise(x0s[0].shape, seed + i, device=pipe.device)
+        every = float(np.mean([_mean_abs(x0, x0s[0], None) for x0 in x0s[1:]]))  # real change, whole frame
         for t in times:
             x_t = (1 - t) * x0s[0] + t * noise  # (C, T', H', W')
             batch = x_t[None].expand(len(rows), *x_t.shape)
@@ -114,8 +115,7 @@ def read_words(pipe, times: tuple[float, ...] = TIMES, cases=CASES, seed: int = 
                 sums.setdefault((attribute, t), []).append(
                     (_mean_abs(pred[j], pred[0], region), _mean_abs(x0s[j], x0s[0], region))
                 )
-            whole = float(np.mean([_mean_abs(x0, x0s[0], None) for x0 in x0s[1:]]))
-            sums.setdefault(("caption vs empty", t), []).append((_mean_abs(pred[0], pred[-1], None), whole))
+            sums.setdefault(("caption vs empty", t), []).append((_mean_abs(pred[0], pred[-1], None), every))
     out = []
     for (attribute, t), pairs in sums.items():
         model, real = (float(np.mean(v)) for v in zip(*pairs))
