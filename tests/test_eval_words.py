@@ -21,10 +21,10 @@ def model_dir(tmp_path_factory):
 
 def test_swapped_changes_only_the_named_attribute():
     spec, values = CASES[0]
-    colour = swapped(spec, "object colour", values["color"])
-    assert colour.objects[0].color == values["color"] and colour.objects[0].shape == spec.objects[0].shape
+    colour = swapped(spec, "object colour", values["object colour"])
+    assert colour.objects[0].color == values["object colour"] and colour.objects[0].shape == spec.objects[0].shape
     assert (colour.sky, colour.ground) == (spec.sky, spec.ground)
-    assert swapped(spec, "object shape", values["shape"]).objects[0].shape == values["shape"]
+    assert swapped(spec, "object shape", values["object shape"]).objects[0].shape == values["object shape"]
     assert swapped(spec, "sky", values["sky"]).objects == spec.objects
 
 

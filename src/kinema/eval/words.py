@@ -39,16 +39,16 @@ SIZE = 96  # pixels a side
 FRAMES = 17  # 1 + 4k, at 8 fps
 FPS = 8.0
 
-# (scene, the colour, shape, sky and ground swapped in); one object, a still camera, nothing in front
+ATTRIBUTES: tuple[str, ...] = ("object colour", "object shape", "sky", "ground")
+# (scene, the value swapped in for each attribute); one object, a still camera, nothing in front
 CASES: list[tuple[SceneSpec, dict[str, str]]] = [
     (SceneSpec((ObjectSpec("red", "large", "ball", "fall"),), sky="dark blue", ground="green grass"),
-     dict(color="yellow", shape="square", sky="grey", ground="sand")),
+     dict(zip(ATTRIBUTES, ("yellow", "square", "grey", "sand")))),
     (SceneSpec((ObjectSpec("blue", "large", "square", "slide", "right"),), sky="pale yellow", ground="sand"),
-     dict(color="orange", shape="triangle", sky="light blue", ground="brown earth")),
+     dict(zip(ATTRIBUTES, ("orange", "triangle", "light blue", "brown earth")))),
     (SceneSpec((ObjectSpec("green", "large", "star", "static"),), sky="grey", ground="grey stone"),
-     dict(color="magenta", shape="diamond", sky="dark blue", ground="green grass")),
+     dict(zip(ATTRIBUTES, ("magenta", "diamond", "dark blue", "green grass")))),
 ]  # fmt: skip
-ATTRIBUTES: tuple[str, ...] = ("object colour", "object shape", "sky", "ground")
 
 
 def swapped(spec: SceneSpec, attribute: str, value: str) -> SceneSpec:
@@ -62,7 +62,8 @@ def swapped(spec: SceneSpec, attribute: str, value: str) -> SceneSpec:
 
 def object_cells(frames: np.ndarray, color: str, temporal: int, spatial: int) -> Tensor:
     """Latent cells (T', H', W') bool that hold any pixel of the object colour `color` in the frames
-    they encode (the first latent frame: pixel frame 0; latent frame j: frames 4j - 3 ... 4j)."""
+    they encode (the first latent frame: pixel frame 0; latent frame j >= 1: the `temporal` frames
+    ending at pixel frame temporal * j)."""
     from kinema.eval.judge import PALETTE, segment
 
     mask = torch.from_numpy(segment(frames) == PALETTE.index(color))  # (T, H, W)
@@ -86,13 +87,13 @@ def read_words(pipe, times: tuple[float, ...] = TIMES, cases=CASES, seed: int = 
     from kinema.world.render import render
     from kinema.world.text import caption
 
-    sums: dict[tuple[str, float], list[float]] = {}
+    temporal, spatial = pipe.temporal, pipe.vae.config.spatial_factor
+    sums: dict[tuple[str, float], list[tuple[float, float]]] = {}  # (attribute, t) -> (model, real) a case
     for i, (spec, values) in enumerate(cases):
-        specs = [spec] + [swapped(spec, a, values[k]) for a, k in zip(ATTRIBUTES, ("color", "shape", "sky", "ground"))]
+        specs = [spec] + [swapped(spec, a, values[a]) for a in ATTRIBUTES]
         clips = [render(s, SIZE, SIZE, frames=FRAMES, fps=FPS, seed=seed + i).frames for s in specs]
         x0s = [pipe.encode(torch.from_numpy(c)) for c in clips]  # (C, T', H', W') each, normalized
-        temporal, spatial = pipe.temporal, pipe.vae.config.spatial_factor
-        color, new_color = spec.objects[0].color, values["color"]
+        color, new_color = spec.objects[0].color, values["object colour"]
         cells = object_cells(clips[0], color, temporal, spatial)
         regions = {
             "object colour": cells | object_cells(clips[1], new_color, temporal, spatial),
