@@ -288,6 +288,51 @@ def test_world_stream_packs_clips_and_images_within_the_budget():
             assert stream.tokens(i) == g[0] * g[1] * g[2]
 
 
+def test_world_stream_single_prob_gives_one_object_scenes_in_their_own_cache(tmp_path):
+    from kinema.world.text import caption
+
+    vae = tiny_vae()
+    kw = dict(min_side=32, max_side=48, min_seconds=0.5, max_seconds=1.0, fps_choices=(8.0,), clips=6, seed=3)
+    plain = WorldStream(vae, 64, cache_dir=tmp_path, **kw)
+    single = WorldStream(vae, 64, cache_dir=tmp_path, single_prob=1.0, **kw)
+    assert WorldStream(vae, 64, cache_dir=tmp_path, single_prob=0.0, **kw).cache_dir == plain.cache_dir
+    assert single.cache_dir != plain.cache_dir  # another world: its latents never mix with the plain one's
+    for i in range(6):
+        spec = single.plan(i)["spec"]
+        assert len(spec.objects) == 1 and spec.camera == "static" and spec.brush is None and not spec.occluder
+        assert single.load(i)[1] == caption(spec)
+        assert single.tokens(i) == plain.tokens(i)  # the same sizes and lengths
+    with pytest.raises(KinemaError, match="single_prob"):
+        WorldStream(vae, 64, single_prob=-0.1, **kw)
+
+
+def test_world_stream_weighs_the_tokens_that_hold_things():
+    from kinema.eval.judge import latent_cells, thing_mask
+    from kinema.patches import patchify
+
+    vae = tiny_vae()
+    kw = dict(min_side=64, max_side=64, min_seconds=1.0, max_seconds=1.0, fps_choices=(8.0,), clips=4, seed=5,
+              image_prob=0.0, pad=True)  # fmt: skip
+    plain = WorldStream(vae, 256, **kw)
+    heavy = WorldStream(vae, 256, thing_weight=5.0, **kw)
+    assert plain.next_batches(1)[0].weights is None
+    batch = heavy.next_batches(1)[0]
+    w = batch.weights
+    assert w.shape == (batch.packed.tokens.shape[1],) and set(w.unique().tolist()) <= {0.0, 1.0, 5.0}
+    assert (w[~batch.packed.valid] == 0).all() and (w[batch.packed.valid] >= 1).all()
+    f, s = vae.config.temporal_factor, vae.config.spatial_factor
+    for i, start, grid in zip(batch.ids, batch.packed.cu_seqlens[:-1].tolist(), batch.packed.grids):
+        from kinema.data.loader import render_planned
+
+        frames, _ = render_planned(heavy.plan(i), f)
+        cells = torch.from_numpy(latent_cells(thing_mask(frames), f, s)).float()
+        want = 1 + 4 * patchify(cells[None], heavy.patch).amax(-1)  # a token is heavy if any of its cells is
+        got = w[start : start + len(want)]
+        assert torch.equal(got, want) and 0 < (got == 5).float().mean() < 0.7  # things are there, and small
+    with pytest.raises(KinemaError, match="thing_weight"):
+        WorldStream(vae, 256, thing_weight=0.0, **kw)
+
+
 def test_prefill_encodes_the_same_world_in_worker_processes(tmp_path):
     vae = tiny_vae()
     kw = dict(min_side=32, max_side=48, min_seconds=0.5, max_seconds=1.0, fps_choices=(8.0,), clips=5, seed=4,

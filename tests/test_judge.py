@@ -456,3 +456,25 @@ def test_an_object_that_changes_colour_behind_the_post_fails_permanence():
     frames[behind:][magenta] = COLORS["green"]
     score = J.judge(frames, FPS, spec)["permanence"]
     assert score.value < 0.5 and "a green one came out" in score.reason
+
+
+def test_latent_cells_group_frames_like_the_causal_vae():
+    mask = np.zeros((9, 16, 24), bool)
+    mask[0, 0, 0] = True  # frame 0: latent frame 0, alone
+    mask[5, 9, 17] = True  # frames 5 ... 8: latent frame 2
+    cells = J.latent_cells(mask, 4, 8)
+    assert cells.shape == (3, 2, 3)
+    assert {tuple(map(int, c)) for c in np.argwhere(cells)} == {(0, 0, 0), (2, 1, 2)}
+    with pytest.raises(KinemaError, match="does not tile"):
+        J.latent_cells(np.zeros((8, 16, 16), bool), 4, 8)
+
+
+def test_thing_mask_holds_objects_and_strokes_not_the_background():
+    spec = SceneSpec((ObjectSpec("red", "large", "ball", "static"),), brush=BrushSpec("blue", "wave"), occluder=True)
+    frames = render(spec, 96, 64, frames=9, fps=8, seed=0).frames
+    things = J.thing_mask(frames)
+    labels = J.segment(frames)
+    red, blue = J.PALETTE.index("red"), J.PALETTE.index("blue")
+    assert things[labels == red].all() and things[-1][labels[-1] == blue].all() and (labels[-1] == blue).any()
+    assert not things[labels == J.BACKGROUND].any() and not things[labels == J.POST].any()
+    assert 0 < things.mean() < 0.2

@@ -160,6 +160,21 @@ def test_conditioned_tokens_are_clean_and_carry_no_loss(cache):
     assert torch.equal(m.x_t, again.x_t) and m.captions == again.captions
 
 
+def test_token_weights_of_the_data_scale_each_tokens_loss(cache):
+    from dataclasses import replace
+
+    from kinema.data import ShardDataset
+
+    data = ShardDataset(cache, token_budget=64)
+    cfg = DiTTrainConfig(data=str(cache), condition_probs={"first_frame": 1.0}, caption_dropout=0.0, **SMALL)
+    batch = data.next_batches(1)[0]
+    plain = make_micro_batch(batch, cfg, cfg.dit_config(32), None)
+    weights = 1 + 4 * (torch.arange(batch.packed.tokens.shape[1]) % 3 == 0).float()
+    heavy = make_micro_batch(replace(batch, weights=weights), cfg, cfg.dit_config(32), None)
+    assert torch.equal(heavy.loss_mask, plain.loss_mask * weights)  # conditioned tokens stay at 0
+    assert torch.equal(heavy.x_t, plain.x_t) and torch.equal(heavy.target, plain.target)
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -265,6 +280,8 @@ def test_config_reads_command_line_strings():
         DiTTrainConfig.from_strings({"depth": "deep", "data": "x"})
     with pytest.raises(KinemaError, match="shift_scale must be positive"):
         DiTTrainConfig.from_strings({"shift_scale": "0", "data": "x"})
+    with pytest.raises(KinemaError, match="world_single_prob must be in"):
+        DiTTrainConfig.from_strings({"world_single_prob": "1.5", "vae": "x"})
 
 
 def test_global_batch_must_split_over_ranks(cache):

@@ -10,7 +10,7 @@ import pytest
 
 from kinema.errors import KinemaError
 from kinema.world.physics import GRAVITY, LAYER_RATES
-from kinema.world.render import layer_colors, random_spec, render
+from kinema.world.render import layer_colors, random_spec, render, single_spec
 from kinema.world.bench import BENCH_SPEC
 from kinema.world.spec import (
     COLORS,
@@ -332,6 +332,35 @@ def test_random_specs_are_valid_varied_and_render():
     for i, s in enumerate(specs[:12]):
         clip = render(s, 48, 32, fps=8, frames=6, seed=i)
         json.dumps(clip.truth)
+
+
+def test_single_specs_are_one_object_under_a_still_camera_and_varied():
+    rng = np.random.default_rng(0)
+    specs = [single_spec(rng) for _ in range(60)]
+    for s in specs:
+        assert len(s.objects) == 1 and s.camera == "static" and not s.occluder and s.brush is None
+        o = s.objects[0]
+        assert (o.direction is not None) == (o.motion in ("slide", "roll", "leave"))
+    objs = [s.objects[0] for s in specs]
+    assert len({o.color for o in objs}) >= 8 and len({o.shape for o in objs}) == 5 and len({o.motion for o in objs}) == 7
+    assert len({s.sky for s in specs}) > 1 and len({s.ground for s in specs}) > 1
+    render(specs[0], 48, 32, fps=8, frames=4, seed=0)
+
+
+def test_clip_plan_single_prob_swaps_scenes_only():
+    from kinema.world.dataset import clip_plan
+
+    plain = [clip_plan(i) for i in range(40)]
+    assert [clip_plan(i, single_prob=0.0) for i in range(40)] == plain  # 0: the dataset as before
+    every = [clip_plan(i, single_prob=1.0) for i in range(40)]
+    some = [clip_plan(i, single_prob=0.5) for i in range(40)]
+    drop = lambda p: {k: v for k, v in p.items() if k != "spec"}  # noqa: E731
+    assert [drop(p) for p in every] == [drop(p) for p in plain] == [drop(p) for p in some]
+    assert all(len(p["spec"].objects) == 1 and p["spec"].camera == "static" for p in every)
+    assert not all(len(p["spec"].objects) == 1 for p in plain)
+    swapped = sum(a["spec"] == b["spec"] for a, b in zip(some, every))
+    kept = sum(a["spec"] == b["spec"] for a, b in zip(some, plain))
+    assert swapped + kept == 40 and 8 <= swapped <= 32
 
 
 def test_prompt_and_caption_come_from_the_text_module():

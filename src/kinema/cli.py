@@ -370,7 +370,7 @@ def train_dit_cmd(
 ) -> None:
     """Train the DiT with rectified flow on Kinema World (data=world) or a latent cache (data=FOLDER).
 
-    Keys: model (tiny, small, b, l, xl_1b, xl_3b), hidden, depth, heads, attention, checkpointing, text_encoder, text_dim, caption_dropout, shift_scale (more high-noise training for small latents), plain_shift_prob (a share of samples at the plain shift: the low-noise steps), data, vae, token_budget, sequences_per_step, steps, lr, warmup, decay_steps, grad_clip, ema_decay, seed, checkpoint_every, init (start from an export), init_reset (modules of it drawn afresh), world_* (clip sizes), world_cache (keep the encoded world in RUN/world_cache), world_workers (render that world in K processes first); see DiTTrainConfig.
+    Keys: model (tiny, small, b, l, xl_1b, xl_3b), hidden, depth, heads, attention, checkpointing, text_encoder, text_dim, caption_dropout, shift_scale (more high-noise training for small latents), plain_shift_prob (a share of samples at the plain shift: the low-noise steps), data, vae, token_budget, sequences_per_step, steps, lr, warmup, decay_steps, grad_clip, ema_decay, seed, checkpoint_every, init (start from an export), init_reset (modules of it drawn afresh), world_* (clip sizes), world_cache (keep the encoded world in RUN/world_cache), world_workers (render that world in K processes first), world_single_prob (a share of plain one-object scenes), world_thing_weight (loss weight of the cells that hold objects); see DiTTrainConfig.
 
     Many processes: torchrun --nproc_per_node N -m kinema.cli train dit RUN ... (FSDP2).
     """

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from kinema.errors import KinemaError
-from kinema.patches import DEFAULT_PATCH, Packed, Patch, num_tokens, pack, pack_by_budget
+from kinema.patches import DEFAULT_PATCH, Packed, Patch, num_tokens, pack, pack_by_budget, patchify
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Batch:
               encoder), or None (the captions are encoded during training)
     ids:      the sample ids (index into the dataset, or the world clip number)
     index:    the global sequence index g (seeds this sequence's noise and timesteps)
+    weights:  (L,) float loss weight of each token, or None (all 1); see `WorldStream`
     """
 
     packed: Packed
@@ -54,6 +55,7 @@ class Batch:
     text: list[Tensor] | None
     ids: list[int]
     index: int
+    weights: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -111,6 +113,10 @@ class PackedSequences:
     def load(self, i: int) -> tuple[Tensor, str, Tensor | None]:
         raise NotImplementedError
 
+    def weights(self, i: int) -> Tensor | None:
+        """Per-cell loss weights (T, H, W) of sample i's latent, or None (all 1)."""
+        return None
+
     # ------------------------------------------------------------ order
 
     def epoch_sequences(self, epoch: int) -> list[list[int]]:
@@ -156,7 +162,14 @@ class PackedSequences:
             texts.append(text)
         packed = pack(latents, self.patch, pad_to=self.token_budget if self.pad else None)
         text = None if any(t is None for t in texts) else texts
-        return Batch(packed, captions, text, list(ids), g)
+        maps = [self.weights(i) for i in ids]
+        weights = None
+        if any(m is not None for m in maps):
+            cells = [torch.ones(z.shape[1:]) if m is None else m for z, m in zip(latents, maps, strict=True)]
+            weights = torch.zeros(packed.tokens.shape[1])  # padding: 0
+            per = torch.cat([patchify(m[None].float(), self.patch).amax(-1) for m in cells])  # a token: its heaviest cell
+            weights[: len(per)] = per
+        return Batch(packed, captions, text, list(ids), g, weights)
 
     # ------------------------------------------------------------ this rank's batches
 
@@ -299,7 +312,8 @@ class WorldStream(PackedSequences):
     and `cache_dir` on disk too (one safetensors file a clip, under a subfolder named by a
     fingerprint of the VAE weights and every setting that shapes a clip), so that a resumed run
     does not encode its world again. Rendering and encoding run in this process, on the VAE's
-    device.
+    device. single_prob: the share of plain one-object scenes (`clip_plan`); thing_weight: the
+    loss weight of the latent cells that hold an object or a brush stroke (`weights`).
     """
 
     def __init__(
@@ -323,15 +337,25 @@ class WorldStream(PackedSequences):
         clips: int | None = None,
         cache: bool = False,
         cache_dir: str | os.PathLike | None = None,
+        single_prob: float = 0.0,
+        thing_weight: float = 1.0,
     ):
         super().__init__(token_budget, seed, rank, world_size, patch, window, pad)
         if not 0 <= image_prob <= 1:
             raise KinemaError(f"image_prob must be in [0, 1]; got {image_prob}")
+        if not 0 <= single_prob <= 1:
+            raise KinemaError(f"single_prob must be in [0, 1]; got {single_prob}")
+        if not thing_weight > 0:
+            raise KinemaError(f"thing_weight must be positive; got {thing_weight}")
+        self.thing_weight = float(thing_weight)
+        self._things: dict[int, np.ndarray] = {}  # clip -> its latent cells that hold a thing
         if epoch_size < 1 or (clips is not None and clips < 1):
             raise KinemaError(f"epoch_size and clips must be >= 1; got {epoch_size}, {clips}")
         self.vae = vae
         self.knobs = dict(min_side=int(min_side), max_side=int(max_side), min_seconds=float(min_seconds),
                           max_seconds=float(max_seconds), fps_choices=tuple(float(f) for f in fps_choices))  # fmt: skip
+        if single_prob > 0:  # only then: the fingerprint of a cache made without it stays
+            self.knobs["single_prob"] = float(single_prob)
         self.max_frames = max_frames
         self.image_prob = float(image_prob)
         self.epoch_size = int(epoch_size)
@@ -410,6 +434,21 @@ class WorldStream(PackedSequences):
                 return out
         frames, caption = render_planned(self.plan(i), self.vae.config.temporal_factor)
         return self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None))
+
+    def weights(self, i: int) -> Tensor | None:
+        """With thing_weight w != 1: w on the latent cells that hold an object, a piece of one or a
+        brush stroke (`judge.thing_mask`, exact on renders), 1 elsewhere. Such things cover a few
+        per cent of the pixels, so the plain loss is nearly all sky and ground; a small model
+        learns the background first and the things its caption names last. The cells come from
+        the clip's render (not the VAE) and are kept in memory."""
+        if self.thing_weight == 1:
+            return None
+        if i not in self._things:
+            from kinema.eval.judge import latent_cells, thing_mask
+
+            frames, _ = render_planned(self.plan(i), self.vae.config.temporal_factor)
+            self._things[i] = latent_cells(thing_mask(frames), self.vae.config.temporal_factor, self.vae.config.spatial_factor)
+        return 1 + (self.thing_weight - 1) * torch.from_numpy(self._things[i]).float()
 
     def _keep(self, i: int, out: tuple[Tensor, str, None]) -> tuple[Tensor, str, None]:
         if self.cache is not None:

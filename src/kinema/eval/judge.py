@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kinema.errors import KinemaError
 from kinema.world.spec import (
     COLORS,
     GROUND_COLORS,
@@ -123,6 +124,25 @@ def segment(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, H, W) uint8 labels: palette index, POST, BACKGROUND, MARK or UNKNOWN."""
     q = (frames >> 2).astype(np.int32)
     return _lut()[(q[..., 0] << 12) | (q[..., 1] << 6) | q[..., 2]]
+
+
+def thing_mask(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, H, W) bool: the pixels of what a caption names one by one (objects,
+    their pieces and marks, brush strokes), not the sky, ground, hills or post."""
+    labels = segment(frames)
+    return (labels < len(PALETTE)) | (labels == MARK)
+
+
+def latent_cells(mask: np.ndarray, temporal: int, spatial: int) -> np.ndarray:
+    """A pixel mask (T, H, W) of a 1 + temporal k frame clip -> (T', H', W') bool: the latent cells
+    that encode any masked pixel (latent frame 0: pixel frame 0; latent frame j >= 1: the
+    `temporal` frames ending at pixel frame temporal * j; cells of spatial x spatial pixels)."""
+    T, H, W = mask.shape
+    if (T - 1) % temporal or H % spatial or W % spatial:
+        raise KinemaError(f"a {T}x{H}x{W} mask does not tile into {temporal}x{spatial}x{spatial} latent cells")
+    rest = mask[1:].reshape(-1, temporal, H, W).any(1)
+    groups = np.concatenate([mask[:1], rest])  # (T', H, W)
+    return groups.reshape(len(groups), H // spatial, spatial, W // spatial, spatial).any((2, 4))
 
 
 def nearest_name(rgb: np.ndarray, table: dict[str, tuple[int, int, int]]) -> str:

@@ -62,15 +62,10 @@ def swapped(spec: SceneSpec, attribute: str, value: str) -> SceneSpec:
 
 def object_cells(frames: np.ndarray, color: str, temporal: int, spatial: int) -> Tensor:
     """Latent cells (T', H', W') bool that hold any pixel of the object colour `color` in the frames
-    they encode (the first latent frame: pixel frame 0; latent frame j >= 1: the `temporal` frames
-    ending at pixel frame temporal * j)."""
-    from kinema.eval.judge import PALETTE, segment
+    they encode (`judge.latent_cells`)."""
+    from kinema.eval.judge import PALETTE, latent_cells, segment
 
-    mask = torch.from_numpy(segment(frames) == PALETTE.index(color))  # (T, H, W)
-    head, rest = mask[:1], mask[1:]
-    groups = torch.cat([head, rest.reshape(-1, temporal, *rest.shape[1:]).amax(1)])  # (T', H, W)
-    cells = torch.nn.functional.max_pool2d(groups[:, None].float(), spatial)[:, 0]  # (T', H', W')
-    return cells > 0
+    return torch.from_numpy(latent_cells(segment(frames) == PALETTE.index(color), temporal, spatial))
 
 
 def _mean_abs(a: Tensor, b: Tensor, cells: Tensor | None) -> float:

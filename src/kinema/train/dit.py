@@ -87,8 +87,11 @@ class DiTTrainConfig:
             the world_* knobs; world_clips = N > 0 makes it a fixed world of N clips, world_cache
             keeps their latents in memory and in RUN/world_cache/, so a resume does not encode
             them again; world_workers = K > 0 renders such a world in K processes and encodes
-            it all before the first step, to keep a GPU fed) or a latent cache folder from
-            `kinema data encode`;
+            it all before the first step, to keep a GPU fed; world_single_prob: the share of
+            plain one-object scenes under a still camera, a curriculum for small models;
+            world_thing_weight: the loss weight of the latent cells that hold an object or a
+            brush stroke, a few per cent of the pixels; 1: the plain mean) or a latent cache
+            folder from `kinema data encode`;
             token_budget: tokens a packed sequence; sequences_per_step: G, the global batch in
             sequences (a multiple of the number of ranks); condition_probs: frame-conditioning mix
     Optim:  AdamW (lr, betas, weight_decay), linear warmup, then constant, or cosine down to
@@ -133,6 +136,8 @@ class DiTTrainConfig:
     world_clips: int = 0
     world_cache: bool = False
     world_workers: int = 0
+    world_single_prob: float = 0.0
+    world_thing_weight: float = 1.0
     condition_probs: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONDITION_PROBS))
 
     steps: int = 1000
@@ -168,6 +173,10 @@ class DiTTrainConfig:
             problems.append(f"plain_shift_prob must be in [0, 1]; got {self.plain_shift_prob}")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption_dropout must be in [0, 1); got {self.caption_dropout}")
+        if not 0 <= self.world_single_prob <= 1:
+            problems.append(f"world_single_prob must be in [0, 1]; got {self.world_single_prob}")
+        if not self.world_thing_weight > 0:
+            problems.append(f"world_thing_weight must be positive; got {self.world_thing_weight}")
         if self.world_workers < 0:
             problems.append(f"world_workers must be >= 0; got {self.world_workers}")
         if self.init_reset and not self.init:
@@ -329,7 +338,7 @@ class MicroBatch:
     x_t: Tensor  # (1, L, D) noisy tokens
     target: Tensor  # (1, L, D) velocity
     t: Tensor  # (1, L) per-token time, 0 on conditions and padding
-    loss_mask: Tensor  # (L,) bool
+    loss_mask: Tensor  # (L,) float: each token's weight in the loss (0: none)
     positions: Tensor  # (L, 3)
     doc_ids: Tensor  # (L,)
     captions: list[str]  # after dropout
@@ -356,7 +365,9 @@ def make_micro_batch(batch, cfg: DiTTrainConfig, dit_config: DiTConfig, null_tex
     t_sample = training_t(sizes, g, shift_scale=cfg.shift_scale, plain_prob=cfg.plain_shift_prob)  # (S,)
     cond = [draw_condition_mask(grid[0], g, cfg.condition_probs).float() for grid in packed.grids]
     t_tok, loss_mask = pin_conditions(packed.per_sample(t_sample), packed.per_frame(cond) > 0)  # (L,), (L,)
-    loss_mask = loss_mask & packed.valid
+    loss_mask = (loss_mask & packed.valid).float()
+    if batch.weights is not None:  # the data's own token weights (objects of Kinema World)
+        loss_mask = loss_mask * batch.weights
     x0 = packed.tokens  # (1, L, D)
     noise = torch.randn(x0.shape, generator=g)
     text = text_mask = None
@@ -461,6 +472,7 @@ def _make_data(cfg: DiTTrainConfig, d: Dist, patch, root: Path):
             image_prob=cfg.world_image_prob, epoch_size=cfg.world_epoch_size,
             clips=cfg.world_clips or None, cache=cfg.world_cache,
             cache_dir=root / "world_cache" if cfg.world_cache and cfg.world_clips else None,
+            single_prob=cfg.world_single_prob, thing_weight=cfg.world_thing_weight,
         )  # fmt: skip
         if cfg.world_workers and cfg.world_clips and cfg.world_cache:
             if d.is_main:  # the other ranks read the files it writes
@@ -570,7 +582,7 @@ def train_step(run: Run) -> dict[str, float]:
         group["lr"] = lr
     dit_cfg = model.dit.config
     micro = [make_micro_batch(b, cfg, dit_cfg, run.null_text) for b in run.data.next_batches(cfg.sequences_per_step)]
-    count = _all_sum(float(sum(int(m.loss_mask.sum()) for m in micro)), d)  # loss tokens, all ranks
+    count = _all_sum(float(sum(float(m.loss_mask.sum()) for m in micro)), d)  # loss tokens (weighted), all ranks
     scale = d.world_size / max(count, 1.0)  # FSDP averages over ranks: undo it to get a global mean
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
     loss_sum = torch.zeros((), device=dev)
@@ -585,7 +597,8 @@ def train_step(run: Run) -> dict[str, float]:
         with autocast:
             v = model(m.x_t.to(dev), m.positions.to(dev), m.t.to(dev), m.doc_ids.to(dev), captions, text, text_mask)
         err = (v.float() - m.target.to(dev)).pow(2).mean(dim=-1)[0]  # (L,) per-token squared error
-        part = torch.where(m.loss_mask.to(dev), err, torch.zeros_like(err)).sum()
+        w = m.loss_mask.to(dev)
+        part = torch.where(w > 0, err * w, torch.zeros_like(err)).sum()
         (part * scale).backward()
         loss_sum += part.detach()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))

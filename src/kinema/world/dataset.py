@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kinema.errors import KinemaError
-from kinema.world.render import MAX_SIDE, MIN_SIDE, random_spec, render
+from kinema.world.render import MAX_SIDE, MIN_SIDE, random_spec, render, single_spec
 from kinema.world.spec import SceneSpec
 
 ASPECTS: dict[str, tuple[int, int]] = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "16:9": (16, 9), "9:16": (9, 16), "2:1": (2, 1)}  # fmt: skip
@@ -42,10 +42,19 @@ def clip_plan(
     fps_choices: tuple[float, ...] = FPS_CHOICES,
     aspects: tuple[str, ...] = tuple(ASPECTS),
     multiple: int = 16,
+    single_prob: float = 0.0,
 ) -> dict:
-    """What clip `index` of the dataset `seed` is: spec, width, height, seconds, fps, seed."""
+    """What clip `index` of the dataset `seed` is: spec, width, height, seconds, fps, seed.
+
+    single_prob: the share of clips whose scene is a plain one-object scene (`single_spec`, drawn
+    from a stream of its own, so that 0 gives the same dataset as before and sizes do not move).
+    """
     rng = np.random.default_rng([seed, index])
     spec = random_spec(rng)
+    if single_prob > 0:
+        own = np.random.default_rng([seed, index, 3])
+        if own.random() < single_prob:
+            spec = single_spec(own)
     a, b = ASPECTS[aspects[int(rng.integers(len(aspects)))]]
     short = float(rng.integers(min_side, max_side + 1))
     w, h = (short * a / b, short) if a >= b else (short, short * b / a)

@@ -199,6 +199,16 @@ def random_spec(rng: np.random.Generator) -> SceneSpec:
     return SceneSpec(tuple(objects), sky=sky, ground=ground, camera=camera, occluder=occluder, brush=brush)
 
 
+def single_spec(rng: np.random.Generator) -> SceneSpec:
+    """A plain scene: one object (any colour, size, shape and motion) under a still camera, with no
+    post and no brush; the curriculum scene of a small model, whose caption names one thing to draw."""
+    motion = str(rng.choice(MOTIONS))
+    shape = "ball" if motion == "roll" else str(rng.choice(SHAPES))
+    direction = str(rng.choice(DIRECTIONS)) if motion in DIRECTED_MOTIONS else None
+    obj = ObjectSpec(str(rng.choice(list(COLORS))), str(rng.choice(list(SIZES))), shape, motion, direction)
+    return SceneSpec((obj,), sky=str(rng.choice(list(SKY_COLORS))), ground=str(rng.choice(list(GROUND_COLORS))))
+
+
 # ---------------------------------------------------------------- colours
 
 
