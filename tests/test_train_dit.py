@@ -282,6 +282,8 @@ def test_config_reads_command_line_strings():
         DiTTrainConfig.from_strings({"shift_scale": "0", "data": "x"})
     with pytest.raises(KinemaError, match="world_single_prob must be in"):
         DiTTrainConfig.from_strings({"world_single_prob": "1.5", "vae": "x"})
+    with pytest.raises(KinemaError, match="shape Kinema World data"):
+        DiTTrainConfig.from_strings({"world_thing_weight": "4", "data": "latents/"})
 
 
 def test_global_batch_must_split_over_ranks(cache):

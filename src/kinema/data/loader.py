@@ -440,15 +440,18 @@ class WorldStream(PackedSequences):
         brush stroke (`judge.thing_mask`, exact on renders), 1 elsewhere. Such things cover a few
         per cent of the pixels, so the plain loss is nearly all sky and ground; a small model
         learns the background first and the things its caption names last. The cells come from
-        the clip's render (not the VAE) and are kept in memory."""
+        the clip's render (not the VAE) and, in a fixed world, are kept in memory."""
         if self.thing_weight == 1:
             return None
-        if i not in self._things:
+        cells = self._things.get(i)
+        if cells is None:
             from kinema.eval.judge import latent_cells, thing_mask
 
-            frames, _ = render_planned(self.plan(i), self.vae.config.temporal_factor)
-            self._things[i] = latent_cells(thing_mask(frames), self.vae.config.temporal_factor, self.vae.config.spatial_factor)
-        return 1 + (self.thing_weight - 1) * torch.from_numpy(self._things[i]).float()
+            f, s = self.vae.config.temporal_factor, self.vae.config.spatial_factor
+            cells = latent_cells(thing_mask(render_planned(self.plan(i), f)[0]), f, s)
+            if self.clips is not None:  # an endless stream never comes back to a clip
+                self._things[i] = cells
+        return 1 + (self.thing_weight - 1) * torch.from_numpy(cells).float()
 
     def _keep(self, i: int, out: tuple[Tensor, str, None]) -> tuple[Tensor, str, None]:
         if self.cache is not None:

@@ -177,6 +177,9 @@ class DiTTrainConfig:
             problems.append(f"world_single_prob must be in [0, 1]; got {self.world_single_prob}")
         if not self.world_thing_weight > 0:
             problems.append(f"world_thing_weight must be positive; got {self.world_thing_weight}")
+        if self.data != "world" and (self.world_single_prob > 0 or self.world_thing_weight != 1):
+            problems.append("world_single_prob and world_thing_weight shape Kinema World data (data=world), "
+                            f"not {self.data!r}")  # fmt: skip
         if self.world_workers < 0:
             problems.append(f"world_workers must be >= 0; got {self.world_workers}")
         if self.init_reset and not self.init:
