@@ -382,3 +382,19 @@ def test_world_cache_on_disk_serves_a_new_stream_the_same_latents(tmp_path, monk
     assert WorldStream(other, 64, cache_dir=tmp_path, **kw).cache_dir != first.cache_dir
     with pytest.raises(KinemaError, match="fixed world"):
         WorldStream(vae, 64, cache_dir=tmp_path, **{**kw, "clips": None})
+
+
+def test_weights_of_a_freshly_encoded_clip_do_not_render_it_again(monkeypatch):
+    import kinema.data.loader as loader
+
+    vae = tiny_vae()
+    kw = dict(min_side=32, max_side=32, min_seconds=0.5, max_seconds=0.5, fps_choices=(8.0,), image_prob=0.0)
+    calls = []
+    real = loader.render_planned
+    monkeypatch.setattr(loader, "render_planned", lambda *a: calls.append(1) or real(*a))
+    for clips in (3, None):  # a fixed world and an endless stream
+        calls.clear()
+        stream = WorldStream(vae, 64, thing_weight=3.0, clips=clips, seed=6, **kw)
+        batch = stream.next_batches(1)[0]
+        assert len(calls) == len(batch.ids) and batch.weights is not None
+    assert not stream._things  # the endless stream keeps no cells once they are read

@@ -433,6 +433,8 @@ class WorldStream(PackedSequences):
                 self.cache[i] = out
                 return out
         frames, caption = render_planned(self.plan(i), self.vae.config.temporal_factor)
+        if self.thing_weight != 1:  # while the frames are here: `weights` need not render them again
+            self._things[i] = self._thing_cells(frames)
         return self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None))
 
     def weights(self, i: int) -> Tensor | None:
@@ -440,18 +442,22 @@ class WorldStream(PackedSequences):
         brush stroke (`judge.thing_mask`, exact on renders), 1 elsewhere. Such things cover a few
         per cent of the pixels, so the plain loss is nearly all sky and ground; a small model
         learns the background first and the things its caption names last. The cells come from
-        the clip's render (not the VAE) and, in a fixed world, are kept in memory."""
+        the clip's render (not the VAE; noted by `load` when it renders) and, in a fixed world,
+        are kept in memory."""
         if self.thing_weight == 1:
             return None
-        cells = self._things.get(i)
-        if cells is None:
-            from kinema.eval.judge import latent_cells, thing_mask
-
-            f, s = self.vae.config.temporal_factor, self.vae.config.spatial_factor
-            cells = latent_cells(thing_mask(render_planned(self.plan(i), f)[0]), f, s)
-            if self.clips is not None:  # an endless stream never comes back to a clip
+        # an endless stream never comes back to a clip: its cells are dropped once read
+        cells = self._things.get(i) if self.clips is not None else self._things.pop(i, None)
+        if cells is None:  # a clip whose latent came from the cache
+            cells = self._thing_cells(render_planned(self.plan(i), self.vae.config.temporal_factor)[0])
+            if self.clips is not None:
                 self._things[i] = cells
         return 1 + (self.thing_weight - 1) * torch.from_numpy(cells).float()
+
+    def _thing_cells(self, frames: np.ndarray) -> np.ndarray:
+        from kinema.eval.judge import latent_cells, thing_mask
+
+        return latent_cells(thing_mask(frames), self.vae.config.temporal_factor, self.vae.config.spatial_factor)
 
     def _keep(self, i: int, out: tuple[Tensor, str, None]) -> tuple[Tensor, str, None]:
         if self.cache is not None:
