@@ -235,6 +235,29 @@ def test_init_starts_from_an_export_and_init_reset_draws_parts_afresh(tmp_path, 
         DiTTrainConfig(data=str(cache), init_reset=("cross",))
 
 
+def test_text_frozen_trains_the_dit_alone_and_resumes_exactly(tmp_path, cache):
+    cfg = DiTTrainConfig(data=str(cache), token_budget=64, steps=3, checkpoint_every=10, text_frozen=True, **SMALL)
+    run = setup(tmp_path / "a", cfg)
+    text0 = {k: v.clone() for k, v in run.model.text.state_dict().items()}
+    dit0 = {k: v.clone() for k, v in run.model.dit.state_dict().items()}
+    assert not any(p.requires_grad for p in run.model.text.parameters())
+    for _ in range(3):
+        train_step(run)
+    assert all(torch.equal(v, text0[k]) for k, v in run.model.text.state_dict().items())
+    assert not all(torch.equal(v, dit0[k]) for k, v in run.model.dit.state_dict().items())
+    export = export_weights(run, tmp_path / "a" / "export")
+    exported = load_file(str(export / "text_encoder.safetensors"))
+    assert all(torch.equal(exported[k], text0[k].to(exported[k].dtype)) for k in exported)  # the EMA too
+
+    unbroken = train_dit(tmp_path / "u", cfg, progress=False)
+    train_dit(tmp_path / "r", dataclasses.replace(cfg, steps=1), progress=False)
+    resumed = train_dit(tmp_path / "r", cfg, progress=False)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in unbroken[1:]]
+    with pytest.raises(KinemaError, match="text_frozen"):
+        DiTTrainConfig(data=str(cache), text_encoder="hf:/nowhere", text_frozen=True)
+    assert DiTTrainConfig.from_strings({"text_frozen": "true", "data": str(cache)}).text_frozen is True
+
+
 def test_training_reads_frozen_text_embeddings_from_the_cache(tmp_path):
     from safetensors.torch import save_file
 

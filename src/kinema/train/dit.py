@@ -77,7 +77,11 @@ class DiTTrainConfig:
     Model:  model (a DiTConfig preset: tiny, small, b, l, xl_1b, xl_3b) with optional hidden /
             depth / heads overrides; attention (sdpa | flex); checkpointing (recompute blocks)
     Text:   text_encoder: builtin (trained jointly, text_dim / text_depth / text_heads) or hf:DIR
-            (frozen); caption_dropout: probability of the empty caption (classifier-free guidance)
+            (frozen); text_frozen: the builtin encoder keeps its first weights (fresh, or init's)
+            and only the DiT trains: trained jointly from scratch on a small budget, its word
+            vectors drift together until long captions that differ in a few words encode nearly
+            alike, while a fresh random encoder keeps them apart; caption_dropout: probability of
+            the empty caption (classifier-free guidance)
     Noise:  shift_scale multiplies the resolution shift of the training times (flow.training_t).
             Small latents of flat-coloured worlds need > 1 to train the high-noise steps, where
             only the caption tells what to draw: None means 4 on Kinema World, 1 (SD3's shift)
@@ -115,6 +119,7 @@ class DiTTrainConfig:
     text_dim: int = 256
     text_depth: int = 2
     text_heads: int = 4
+    text_frozen: bool = False
     caption_dropout: float = 0.1
     shift_scale: float | None = None
     plain_shift_prob: float = 0.0
@@ -165,6 +170,8 @@ class DiTTrainConfig:
             problems.append(f"attention must be sdpa or flex, not {self.attention!r}")
         if not (self.text_encoder == "builtin" or self.text_encoder.startswith("hf:")):
             problems.append(f"text_encoder must be builtin or hf:DIR, not {self.text_encoder!r}")
+        if self.text_frozen and self.text_encoder != "builtin":
+            problems.append("text_frozen freezes the builtin text encoder; an hf:DIR encoder is always frozen")
         if self.shift_scale is None:  # resolved once, so config.json holds the value used
             object.__setattr__(self, "shift_scale", 4.0 if self.data == "world" else 1.0)
         if not self.shift_scale > 0:
@@ -521,9 +528,12 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
     if cfg.text_encoder == "builtin":
         text = BuiltinTextEncoder(tok, TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads))
     model = FlowModel(dit, text).to(d.device)
+    if cfg.text_frozen:
+        model.text.requires_grad_(False)  # out of the optimizer; the EMA keeps its weights as they are
     if d.distributed:
         shard(model, d)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     run = Run(cfg, d, root, model, optimizer, EMA(model, cfg.ema_decay), data, frozen_text, null_text,
               peak_flops=peak_flops(d.device))  # fmt: skip
 
@@ -604,7 +614,7 @@ def train_step(run: Run) -> dict[str, float]:
         part = torch.where(w > 0, err * w, torch.zeros_like(err)).sum()
         (part * scale).backward()
         loss_sum += part.detach()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
         norm = norm.full_tensor()
     run.optimizer.step()
