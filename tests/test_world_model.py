@@ -4,9 +4,10 @@ first frame kept, seams, end points, the layout kept under an edit).
 
 The floors sit under what the shipped model measured (3 seeds, closing note of issue 6), so a
 regression in the model, the sampler or a task's plan shows here. Where the small CPU-trained
-model does not yet pass the judge (the objects of a generated clip: 0.0 - 0.2, the edit's
-recolouring: 0.0 measured), the test checks what it does do (the sky asked) or the structure the
-task guarantees (inputs kept whole, sizes, frame counts) and no score is asserted."""
+model does not yet pass the judge (the shapes and motions of a generated clip, the edit's
+recolouring: 0.0 measured), the test checks what it does do (the sky and the object colour asked)
+or the structure the task guarantees (inputs kept whole, sizes, frame counts) and no score is
+asserted."""
 
 import numpy as np
 import pytest
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.slow
 
 SIZE = dict(width=96, height=96)
 FAST = dict(steps=12, progress=False, expand=False)
-# measured (seeds 0 - 2): the sky asked 6 of 12 (chance 3; dark blue 3 of 3), first_frame 1.0, extend
-# seams forward and backward 1.0, loop seam 1.0, connect 1.0
-FLOORS = dict(sky=5, first_frame=0.9, seam=0.8)
+# measured (seeds 0 - 2): the sky asked 12 of 12 (chance 3), the object colour asked 12 of 12 (chance
+# about 1), first_frame 1.0, extend seams forward and backward 1.0, loop seam 1.0, connect 1.0
+FLOORS = dict(sky=10, colour=10, first_frame=0.9, seam=0.8)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_readme_command_writes_a_video_of_the_prompt(tmp_path, monkeypatch, caps
     assert min(H, W) >= 128 and (T - 1) / video.fps >= 2.0
     spec = parse(caption)
     assert [(o.color, o.shape) for o in spec.objects] == [("red", "ball")]
-    # the objects score 0.0 - 0.2 today (not asserted); the sky is the caption's
+    # the sky is the caption's (the object's shape and motion are not asserted: blobs yet)
     assert sky_of(video.frames.float()) == spec.sky
 
 
@@ -74,7 +75,7 @@ def sky_of(frames: torch.Tensor) -> str:
 
 def test_the_caption_sets_the_sky(pipe):
     """Text following, measured where the world is simplest: the sky's colour, asked in the caption,
-    for each sky of the world and 3 seeds (chance: 1 in 4). Dark blue is followed on every seed."""
+    for each sky of the world and 3 seeds (chance: 1 in 4)."""
     from kinema.world.text import SKY_COLORS
 
     asked = "A large red ball bounces. The camera stays still, facing far mountains and near hills. " \
@@ -89,13 +90,33 @@ def test_the_caption_sets_the_sky(pipe):
     assert sum(right.values()) >= FLOORS["sky"]
 
 
-def test_the_shipped_model_reads_its_sky_words(pipe):
-    """The word probe (kinema eval words): near t = 1 a swapped sky moves the prediction by 31% of
-    the real change (measured); the object's colour and shape words move it by under 1% (not asserted)."""
+def test_the_caption_sets_the_object_colour(pipe):
+    """The colour of what the model draws: the judge's palette label held by most of the clip's
+    object pixels (judge.thing_mask: neither sky, ground nor hills) is the one the caption asks, for
+    four colours and 3 seeds. The shapes are blobs yet, so only the colour is checked."""
+    import collections
+
+    asked = "A large {} {} stays still. The camera stays still, facing far mountains and near hills. " \
+            "The sky is light blue and the ground is grey stone."  # fmt: skip
+    right = 0
+    for colour, shape in (("red", "ball"), ("blue", "square"), ("yellow", "star"), ("green", "triangle")):
+        for seed in range(3):
+            frames = pipe.generate(asked.format(colour, shape), seconds=1, steps=20, guidance=4, seed=seed,
+                                   expand=False, progress=False, width=128, height=128).frames.numpy()  # fmt: skip
+            labels, things = J.segment(frames), J.thing_mask(frames)
+            drawn = collections.Counter(labels[things & (labels < len(J.PALETTE))].tolist()).most_common(1)
+            right += bool(drawn) and J.PALETTE[drawn[0][0]] == colour
+    assert right >= FLOORS["colour"]
+
+
+def test_the_shipped_model_reads_its_words(pipe):
+    """The word probe (kinema eval words), near t = 1, as a share of the real change (measured): a
+    swapped sky 0.41, ground 0.49, object colour 0.11, object shape 0.065."""
     from kinema.eval.words import read_words
 
     rows = {(r["attribute"], r["t"]): r for r in read_words(pipe)}
-    assert rows["sky", 0.95]["share"] >= 0.2
+    assert rows["sky", 0.95]["share"] >= 0.3 and rows["ground", 0.95]["share"] >= 0.3
+    assert rows["object colour", 0.95]["share"] >= 0.06 and rows["object shape", 0.95]["share"] >= 0.03
     assert rows["sky", 0.95]["share"] > rows["sky", 0.5]["share"]  # read most where the frame tells least
 
 
