@@ -614,7 +614,8 @@ def train_step(run: Run) -> dict[str, float]:
         part = torch.where(w > 0, err * w, torch.zeros_like(err)).sum()
         (part * scale).backward()
         loss_sum += part.detach()
-    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    trained = [p for p in model.parameters() if p.requires_grad]  # a frozen text encoder has no grads
+    norm = torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
         norm = norm.full_tensor()
     run.optimizer.step()
