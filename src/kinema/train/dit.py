@@ -614,7 +614,7 @@ def train_step(run: Run) -> dict[str, float]:
         part = torch.where(w > 0, err * w, torch.zeros_like(err)).sum()
         (part * scale).backward()
         loss_sum += part.detach()
-    trained = [p for p in model.parameters() if p.requires_grad]  # a frozen text encoder has no grads
+    trained = [p for group in run.optimizer.param_groups for p in group["params"]]  # not a frozen encoder
     norm = torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
         norm = norm.full_tensor()
