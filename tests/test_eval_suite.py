@@ -124,3 +124,24 @@ def test_cli_eval_world_lists_the_task_metrics_for_a_model(model_dir, tmp_path, 
     report = (out / "report.md").read_text()
     for metric in S.TASK_METRICS:
         assert f"| [{metric}](metrics/{metric}.png) |" in report and (out / "metrics" / f"{metric}.png").is_file()
+
+
+def test_the_vae_source_judges_the_renders_through_the_vae_and_back():
+    make, tasks = S.sources("vae:world-vae")
+    case = replace(CASES[0], width=70, height=42, seconds=1.5)  # 12 frames: no 1 + 4k, no multiple of 8
+    real = S.render_case(case)
+    frames = make(case.prompt, case.width, case.height, case.seconds, case.fps, case.seed)
+    assert frames.shape == real.shape and frames.dtype == np.uint8
+    err = (frames.astype(float) - real.astype(float)) ** 2
+    psnr = 10 * np.log10(255.0**2 / err.mean())
+    assert 20.0 < psnr < 60.0, psnr  # close to the render, but not the render: it went through the VAE
+    scores = tasks(case, real)
+    assert set(scores) == set(S.TASK_METRICS) and all(s.value is not None for s in scores.values())
+    assert scores["first_frame"].value > 0.5  # the round trip keeps the first frame
+
+
+def test_an_unknown_vae_source_is_a_clear_error(tmp_path):
+    from kinema.errors import KinemaError
+
+    with pytest.raises(KinemaError):
+        S.sources(f"vae:{tmp_path / 'nothing'}")

@@ -437,7 +437,7 @@ def train_pack_cmd(
 
 @eval_app.command("world")
 def eval_world(
-    model: str = typer.Option("real", help="'real' (Kinema World renders: the ceiling), 'baseline:frozen', 'baseline:shuffled', 'baseline:noise', or a model NAME / checkpoint PATH."),
+    model: str = typer.Option("real", help="'real' (Kinema World renders: the ceiling), 'baseline:frozen', 'baseline:shuffled', 'baseline:noise', 'vae:NAME' (the renders through that VAE and back: the ceiling of a DiT on it, e.g. vae:world-vae), or a model NAME / checkpoint PATH."),
     suite: str = typer.Option("quick", help="Prompt suite: quick (16 small clips) or full (28 clips, several sizes)."),
     out: Path = typer.Option(Path("eval-world"), help="Folder for scores.json, report.md, clips/*.png and metrics/*.png."),
 ) -> None:

@@ -15,6 +15,8 @@ is exactly `kinema.world.text.parse(prompt)` and the judge checks all of it.
     baseline:frozen    the render's first frame, held        (breaks motion, gravity, the pan)
     baseline:shuffled  the render's frames in random order   (breaks continuity, gravity, hiding)
     baseline:noise     uniform random pixels                 (breaks everything)
+    vae:NAME           the render through the VAE NAME and back: the ceiling of any DiT on
+                       that VAE (what the compression alone costs each metric)
     NAME or PATH       a trained model, through `model_source` (the generation pipeline's door)
 
 A task source answers the tasks built from a case's real render: `TaskSource(case, real) ->
@@ -190,6 +192,31 @@ def baseline_source(kind: str) -> ClipSource:
     return make
 
 
+def vae_roundtrip(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The VAE `name` (a shipped name or a save_vae folder) as frames -> frames: uint8 (T, H, W, 3)
+    of any size and length encoded (the posterior's mode) and decoded, edge-padded inside to
+    whole latent cells and 1 + 4k frames, cropped back to (T, H, W, 3)."""
+    import torch
+
+    from kinema.pipeline import _pad_box, crop_frames, pad_frames
+    from kinema.vae import load_vae
+    from kinema.video import from_model, to_model
+
+    vae = load_vae(name)
+    f, s = vae.config.temporal_factor, vae.config.spatial_factor
+
+    @torch.inference_mode()
+    def trip(frames: np.ndarray) -> np.ndarray:
+        T, H, W, _ = frames.shape
+        box = _pad_box(H, W, s)
+        x = pad_frames(torch.from_numpy(np.ascontiguousarray(frames)), box, time_to=1 + -(-(T - 1) // f) * f)
+        z = vae.encode(to_model(x)[None].to(vae.device, vae.dtype), chunk=1).mode()
+        y = torch.cat([from_model(c[0].float().cpu()) for c in vae.decode_stream(z, chunk=1)])
+        return crop_frames(y[:T], box).numpy()
+
+    return trip
+
+
 def load_model(model: str | Pipeline) -> Pipeline:
     """A model NAME ("world") or folder PATH -> its `kinema.pipeline.Pipeline`; a Pipeline as it is."""
     from kinema.pipeline import Pipeline
@@ -272,19 +299,22 @@ def model_tasks(model: str | Pipeline) -> TaskSource:
 
 
 def sources(name: str) -> tuple[ClipSource, TaskSource]:
-    """'real', 'baseline:KIND' or a model NAME / PATH -> what answers the prompts and what
-    answers the tasks (a model is loaded once, for both)."""
+    """'real', 'baseline:KIND', 'vae:NAME' or a model NAME / PATH -> what answers the prompts
+    and what answers the tasks (a model or VAE is loaded once, for both)."""
     if name == "real":
         return real_source, lambda case, real: task_scores(case, real, None)
     if name.startswith("baseline:"):
         kind = name.split(":", 1)[1]
         return baseline_source(kind), lambda case, real: task_scores(case, real, kind)
+    if name.startswith("vae:"):
+        trip = vae_roundtrip(name.split(":", 1)[1])
+        return (lambda *args: trip(real_source(*args))), lambda case, real: task_scores(case, real, trip)
     pipe = load_model(name)
     return model_source(pipe), model_tasks(pipe)
 
 
 def source(name: str) -> ClipSource:
-    """'real', 'baseline:KIND' or a model NAME / PATH."""
+    """'real', 'baseline:KIND', 'vae:NAME' or a model NAME / PATH."""
     return sources(name)[0]
 
 
@@ -357,10 +387,16 @@ def _recolor(spec: SceneSpec) -> SceneSpec:
     return replace(spec, objects=(first, *spec.objects[1:]))
 
 
-def task_scores(case: Case, real: np.ndarray, kind: str | None) -> dict[str, J.Score]:
+def task_scores(case: Case, real: np.ndarray, kind: str | Callable[[np.ndarray], np.ndarray] | None) -> dict[str, J.Score]:
     """Every task metric on tasks built from a real render, answered by the render itself
-    (kind None) or by a baseline made from it."""
-    out = (lambda f: f) if kind is None else (lambda f: degrade(f, kind, case.seed))  # noqa: E731
+    (kind None), by a baseline made from it (kind "frozen", ...) or by the render passed through
+    `kind(frames) -> frames` (a VAE round trip)."""
+    if kind is None:
+        out = lambda f: f  # noqa: E731
+    elif callable(kind):
+        out = kind
+    else:
+        out = lambda f: degrade(f, kind, case.seed)  # noqa: E731
     T = len(real)
     half, q = T // 2, T // 3
     pingpong = np.concatenate([real[:half], real[half - 2 : 0 : -1]])  # a real loop: forth and back
