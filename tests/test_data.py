@@ -349,6 +349,32 @@ def test_prefill_encodes_the_same_world_in_worker_processes(tmp_path):
         WorldStream(vae, 64, cache=True, **{**kw, "clips": None}).prefill(2)
 
 
+def test_the_thing_cells_are_found_once_and_kept_in_the_world_cache(tmp_path, monkeypatch):
+    """prefill's workers find each clip's thing cells while they render it, and the cache files
+    keep them: a resumed run weighs its tokens without rendering a clip again."""
+    import kinema.world.render as render
+    from kinema.data.loader import render_planned, thing_cells
+
+    vae = tiny_vae()
+    f, s = vae.config.temporal_factor, vae.config.spatial_factor
+    kw = dict(min_side=32, max_side=48, min_seconds=0.5, max_seconds=1.0, fps_choices=(8.0,), clips=4, seed=7,
+              image_prob=0.3, thing_weight=3.0)  # fmt: skip
+    filled = WorldStream(vae, 64, cache_dir=tmp_path, **kw)
+    assert filled.prefill(workers=2, progress=False) == 4
+    want = {i: thing_cells(render_planned(filled.plan(i), f)[0], f, s) for i in range(4)}
+    assert all(filled._things[i].shape == want[i].shape and (filled._things[i] == want[i]).all() for i in range(4))
+    assert any(c.any() for c in want.values())
+
+    def no_render(*a, **k):
+        raise AssertionError("a cached clip was rendered again")
+
+    monkeypatch.setattr(render, "render", no_render)
+    again = WorldStream(vae, 64, cache_dir=tmp_path, **kw)  # a resumed run: a new process, same folder
+    for i in range(4):
+        again.load(i)
+        assert torch.equal(again.weights(i), 1 + 2 * torch.from_numpy(want[i]).float())
+
+
 def test_world_cache_on_disk_serves_a_new_stream_the_same_latents(tmp_path, monkeypatch):
     vae = tiny_vae()
     kw = dict(min_side=32, max_side=48, min_seconds=0.5, max_seconds=1.0, fps_choices=(8.0,), clips=4, seed=2)

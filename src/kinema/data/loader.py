@@ -427,15 +427,18 @@ class WorldStream(PackedSequences):
             try:
                 with safe_open(str(self._cached_file(i)), "pt") as fh:
                     out = (fh.get_tensor("latent"), fh.metadata()["caption"], None)
+                    cells = fh.get_tensor("things").bool().numpy() if "things" in fh.keys() else None
             except Exception as e:  # damaged from outside (files are written whole): make it again
                 warnings.warn(f"{self._cached_file(i)} is unreadable ({e}); encoding the clip again", stacklevel=2)
             else:
                 self.cache[i] = out
+                if cells is not None and self.thing_weight != 1:
+                    self._things[i] = cells
                 return out
         frames, caption = render_planned(self.plan(i), self.vae.config.temporal_factor)
-        if self.thing_weight != 1:  # while the frames are here: `weights` need not render them again
-            self._things[i] = self._thing_cells(frames)
-        return self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None))
+        # while the frames are here: `weights` need not render them again
+        cells = self._thing_cells(frames) if self.thing_weight != 1 else None
+        return self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None), cells)
 
     def weights(self, i: int) -> Tensor | None:
         """With thing_weight w != 1: w on the latent cells that hold an object, a piece of one or a
@@ -443,7 +446,7 @@ class WorldStream(PackedSequences):
         per cent of the pixels, so the plain loss is nearly all sky and ground; a small model
         learns the background first and the things its caption names last. The cells come from
         the clip's render (not the VAE; noted by `load` when it renders) and, in a fixed world,
-        are kept in memory."""
+        are kept in memory (and in the clip's cache file, so a resumed run reads them too)."""
         if self.thing_weight == 1:
             return None
         # an endless stream never comes back to a clip: its cells are dropped once read
@@ -455,18 +458,21 @@ class WorldStream(PackedSequences):
         return 1 + (self.thing_weight - 1) * torch.from_numpy(cells).float()
 
     def _thing_cells(self, frames: np.ndarray) -> np.ndarray:
-        from kinema.eval.judge import latent_cells, thing_mask
+        return thing_cells(frames, self.vae.config.temporal_factor, self.vae.config.spatial_factor)
 
-        return latent_cells(thing_mask(frames), self.vae.config.temporal_factor, self.vae.config.spatial_factor)
-
-    def _keep(self, i: int, out: tuple[Tensor, str, None]) -> tuple[Tensor, str, None]:
+    def _keep(self, i: int, out: tuple[Tensor, str, None], cells: np.ndarray | None = None) -> tuple[Tensor, str, None]:
         if self.cache is not None:
             self.cache[i] = out
+        if cells is not None:
+            self._things[i] = cells
         if self.cache_dir is not None:  # written whole, then renamed: a killed run leaves no half file
             from safetensors.torch import save_file
 
+            tensors = {"latent": out[0].contiguous()}
+            if cells is not None:
+                tensors["things"] = torch.from_numpy(np.ascontiguousarray(cells, dtype=np.uint8))
             tmp = self._cached_file(i).with_suffix(f".tmp{os.getpid()}")
-            save_file({"latent": out[0].contiguous()}, str(tmp), metadata={"caption": out[1]})
+            save_file(tensors, str(tmp), metadata={"caption": out[1]})
             os.replace(tmp, self._cached_file(i))
         return out
 
@@ -486,25 +492,40 @@ class WorldStream(PackedSequences):
                 and not (self.cache_dir is not None and self._cached_file(i).is_file())]  # fmt: skip
         if not todo:
             return 0
-        f = self.vae.config.temporal_factor
+        f, s = self.vae.config.temporal_factor, self.vae.config.spatial_factor
+        spatial = s if self.thing_weight != 1 else None  # the children find the thing cells too
         # fork: the children only render (numpy), they never touch the parent's GPU context
         with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("fork")) as pool:
-            rendered = pool.map(render_planned, [self.plan(i) for i in todo], [f] * len(todo), chunksize=4)
-            for i, (frames, caption) in tqdm(zip(todo, rendered), total=len(todo), desc="encode world",
-                                             disable=not progress):  # fmt: skip
-                self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None))
+            n = len(todo)
+            rendered = pool.map(render_planned, [self.plan(i) for i in todo], [f] * n, [spatial] * n, chunksize=4)
+            for i, (frames, caption, *cells) in tqdm(zip(todo, rendered), total=n, desc="encode world",
+                                                     disable=not progress):  # fmt: skip
+                self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None), *cells)
         return len(todo)
 
 
-def render_planned(p: dict, temporal_factor: int) -> tuple[np.ndarray, str]:
+def render_planned(p: dict, temporal_factor: int, spatial_factor: int | None = None) -> tuple:
     """The frames (n, H, W, 3) uint8 and caption of a planned world clip: one frame for an image,
-    else 1 + temporal_factor (latent_frames - 1) frames."""
+    else 1 + temporal_factor (latent_frames - 1) frames. With spatial_factor, also the clip's
+    `thing_cells` (a third item), found while the frames are at hand."""
     from kinema.world.render import render
 
     if p["image_frame"] is not None:
         n = p["image_frame"] + 1
         clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
-        return clip.frames[-1:], clip.caption
-    n = 1 + temporal_factor * (p["latent_frames"] - 1)
-    clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
-    return clip.frames, clip.caption
+        frames = clip.frames[-1:]
+    else:
+        n = 1 + temporal_factor * (p["latent_frames"] - 1)
+        clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
+        frames = clip.frames
+    if spatial_factor is None:
+        return frames, clip.caption
+    return frames, clip.caption, thing_cells(frames, temporal_factor, spatial_factor)
+
+
+def thing_cells(frames: np.ndarray, temporal_factor: int, spatial_factor: int) -> np.ndarray:
+    """(T', H', W') bool: the latent cells of a render that hold an object, a piece of one or a
+    brush stroke (`judge.thing_mask`, exact on renders)."""
+    from kinema.eval.judge import latent_cells, thing_mask
+
+    return latent_cells(thing_mask(frames), temporal_factor, spatial_factor)
