@@ -445,7 +445,7 @@ class WorldStream(PackedSequences):
         brush stroke (`judge.thing_mask`, exact on renders), 1 elsewhere. Such things cover a few
         per cent of the pixels, so the plain loss is nearly all sky and ground; a small model
         learns the background first and the things its caption names last. The cells come from
-        the clip's render (not the VAE; noted by `load` when it renders) and, in a fixed world,
+        the clip's render (not the VAE; noted by `load` or `prefill` when they render) and, in a fixed world,
         are kept in memory (and in the clip's cache file, so a resumed run reads them too)."""
         if self.thing_weight == 1:
             return None

@@ -387,7 +387,9 @@ def _recolor(spec: SceneSpec) -> SceneSpec:
     return replace(spec, objects=(first, *spec.objects[1:]))
 
 
-def task_scores(case: Case, real: np.ndarray, kind: str | Callable[[np.ndarray], np.ndarray] | None) -> dict[str, J.Score]:
+def task_scores(
+    case: Case, real: np.ndarray, kind: str | Callable[[np.ndarray], np.ndarray] | None
+) -> dict[str, J.Score]:
     """Every task metric on tasks built from a real render, answered by the render itself
     (kind None), by a baseline made from it (kind "frozen", ...) or by the render passed through
     `kind(frames) -> frames` (a VAE round trip)."""
