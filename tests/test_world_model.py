@@ -5,7 +5,7 @@ first frame kept, seams, end points, the layout kept under an edit).
 The floors sit under what the shipped model measured (3 seeds, closing note of issue 6), so a
 regression in the model, the sampler or a task's plan shows here. Where the small CPU-trained
 model does not yet pass the judge (the shapes and motions of a generated clip, the edit's
-recolouring: 0.0 measured), the test checks what it does do (the sky and the object colour asked)
+recolouring: 0.1 measured), the test checks what it does do (the sky and the object colour asked)
 or the structure the task guarantees (inputs kept whole, sizes, frame counts) and no score is
 asserted."""
 
@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 
 SIZE = dict(width=96, height=96)
 FAST = dict(steps=12, progress=False, expand=False)
-# measured (seeds 0 - 2): the sky asked 12 of 12 (chance 3), the object colour asked 12 of 12 (chance
-# about 1), first_frame 1.0, extend seams forward and backward 1.0, loop seam 1.0, connect 1.0
+# measured (seeds 0 - 2): the sky asked 11 of 12 (chance 3), the object colour asked 12 of 12 (chance
+# about 1); the tasks on the `real` clip (sampling seed 0): first_frame 1.0, extend seams forward 0.95 and backward 1.0,
+# loop seam 1.0, connect 0.83
 FLOORS = dict(sky=10, colour=10, first_frame=0.9, seam=0.8)
 
 
@@ -167,4 +168,4 @@ def test_edit_keeps_size_and_length_and_strength_orders_the_change(pipe, real):
     strong = pipe.edit(given, asked, strength=0.9, **FAST).frames.numpy()
     assert light.shape == strong.shape == frames.shape
     change = lambda out: np.abs(out.astype(np.int16) - frames.astype(np.int16)).mean()  # noqa: E731
-    assert change(light) < change(strong)  # the judge's sdedit (recolouring) scores 0.0 today
+    assert change(light) < change(strong)  # the judge's sdedit (recolouring) scores 0.1 today
