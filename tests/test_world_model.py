@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow
 SIZE = dict(width=96, height=96)
 FAST = dict(steps=12, progress=False, expand=False)
 # measured (seeds 0 - 2): the sky asked 11 of 12 (chance 3), the object colour asked 12 of 12 (chance
-# about 1); the tasks on the `real` clip (sampling seed 0): first_frame 1.0, extend seams forward 0.95 and backward 1.0,
-# loop seam 1.0, connect 0.83
+# about 1); the tasks on the `real` clip (sampling seed 0): first_frame 1.0, extend seams forward
+# 0.95 and backward 1.0, loop seam 1.0, connect 0.83
 FLOORS = dict(sky=10, colour=10, first_frame=0.9, seam=0.8)
 
 
