@@ -394,10 +394,9 @@ class Pipeline:
     @torch.inference_mode()
     def decode(self, latent: Tensor) -> Tensor:
         """Normalized latent (C, T, h, w) -> uint8 frames (1 + 4(T - 1), 8h, 8w, 3), a chunk at a time."""
-        from kinema.video import from_model
+        from kinema.data.cache import decode_latent
 
-        z = self.vae.denormalize_latent(latent[None].to(self.vae.device, self.vae.dtype))
-        return torch.cat([from_model(x[0].float().cpu()) for x in self.vae.decode_stream(z, chunk=1)])
+        return decode_latent(self.vae, latent)
 
     def _text(self, caption: str, negative: str, guidance: float) -> tuple[Tensor, Tensor]:
         rows = [caption] if guidance == 1.0 else [caption, negative]

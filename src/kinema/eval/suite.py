@@ -198,9 +198,9 @@ def vae_roundtrip(name: str) -> Callable[[np.ndarray], np.ndarray]:
     whole latent cells and 1 + 4k frames, cropped back to (T, H, W, 3)."""
     import torch
 
+    from kinema.data.cache import decode_latent, encode_frames
     from kinema.pipeline import _pad_box, crop_frames, pad_frames
     from kinema.vae import load_vae
-    from kinema.video import from_model, to_model
 
     vae = load_vae(name)
     f, s = vae.config.temporal_factor, vae.config.spatial_factor
@@ -210,9 +210,7 @@ def vae_roundtrip(name: str) -> Callable[[np.ndarray], np.ndarray]:
         T, H, W, _ = frames.shape
         box = _pad_box(H, W, s)
         x = pad_frames(torch.from_numpy(np.ascontiguousarray(frames)), box, time_to=1 + -(-(T - 1) // f) * f)
-        z = vae.encode(to_model(x)[None].to(vae.device, vae.dtype), chunk=1).mode()
-        y = torch.cat([from_model(c[0].float().cpu()) for c in vae.decode_stream(z, chunk=1)])
-        return crop_frames(y[:T], box).numpy()
+        return crop_frames(decode_latent(vae, encode_frames(vae, x, chunk=1))[:T], box).numpy()
 
     return trip
 
