@@ -497,17 +497,16 @@ class WorldStream(PackedSequences):
         # fork: the children only render (numpy), they never touch the parent's GPU context
         with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("fork")) as pool:
             n = len(todo)
-            rendered = pool.map(render_planned, [self.plan(i) for i in todo], [f] * n, [spatial] * n, chunksize=4)
-            for i, (frames, caption, *cells) in tqdm(zip(todo, rendered), total=n, desc="encode world",
-                                                     disable=not progress):  # fmt: skip
-                self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None), *cells)
+            rendered = pool.map(_render_for_cache, [self.plan(i) for i in todo], [f] * n, [spatial] * n, chunksize=4)
+            for i, (frames, caption, cells) in tqdm(zip(todo, rendered), total=n, desc="encode world",
+                                                    disable=not progress):  # fmt: skip
+                self._keep(i, (encode_frames(self.vae, torch.from_numpy(frames)), caption, None), cells)
         return len(todo)
 
 
-def render_planned(p: dict, temporal_factor: int, spatial_factor: int | None = None) -> tuple:
+def render_planned(p: dict, temporal_factor: int) -> tuple[np.ndarray, str]:
     """The frames (n, H, W, 3) uint8 and caption of a planned world clip: one frame for an image,
-    else 1 + temporal_factor (latent_frames - 1) frames. With spatial_factor, also the clip's
-    `thing_cells` (a third item), found while the frames are at hand."""
+    else 1 + temporal_factor (latent_frames - 1) frames."""
     from kinema.world.render import render
 
     if p["image_frame"] is not None:
@@ -518,9 +517,15 @@ def render_planned(p: dict, temporal_factor: int, spatial_factor: int | None = N
         n = 1 + temporal_factor * (p["latent_frames"] - 1)
         clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
         frames = clip.frames
-    if spatial_factor is None:
-        return frames, clip.caption
-    return frames, clip.caption, thing_cells(frames, temporal_factor, spatial_factor)
+    return frames, clip.caption
+
+
+def _render_for_cache(p: dict, temporal_factor: int, spatial_factor: int | None) -> tuple:
+    """`prefill`'s work in a child process: `render_planned`'s frames and caption, and with
+    spatial_factor the clip's `thing_cells` (else None), found while the frames are at hand."""
+    frames, caption = render_planned(p, temporal_factor)
+    cells = None if spatial_factor is None else thing_cells(frames, temporal_factor, spatial_factor)
+    return frames, caption, cells
 
 
 def thing_cells(frames: np.ndarray, temporal_factor: int, spatial_factor: int) -> np.ndarray:
