@@ -145,3 +145,56 @@ def test_an_unknown_vae_source_is_a_clear_error(tmp_path):
 
     with pytest.raises(KinemaError):
         S.sources(f"vae:{tmp_path / 'nothing'}")
+
+
+def test_seed_rounds_repeat_the_suite_on_other_seeds():
+    rounds = S.seed_rounds(CASES, 3)
+    assert [c.name for c in rounds] == [c.name for c in CASES] * 3
+    assert rounds[: len(CASES)] == CASES  # round 0 is the suite as it is
+    seeds = [c.seed for c in rounds]
+    assert seeds[len(CASES) :] == [s + S.SEED_STEP * k for k in (1, 2) for s in seeds[: len(CASES)]]
+    assert len(set(seeds)) == len(seeds)  # no clip drawn twice
+    with pytest.raises(S.KinemaError, match="at least 1"):
+        S.seed_rounds(CASES, 0)
+
+
+def test_round_spread_is_the_spread_of_the_round_means():
+    def result(value):
+        return S.ClipResult(CASES[0], {"objects": J.Score(value, ""), "sdedit": J.NA("not asked")}, 0.0)
+
+    results = [result(v) for v in (0.2, 0.4, 0.6, 0.8, 1.0, 1.0)]  # rounds of 2: means 0.3, 0.7, 1.0
+    spread = S.round_spread(results, 3)
+    assert spread["objects"] == pytest.approx(np.std([0.3, 0.7, 1.0]))
+    assert spread["sdedit"] is None  # no round has a value
+    assert S.round_spread(results, 1)["objects"] is None  # one round: no spread
+    with pytest.raises(S.KinemaError, match="do not split"):
+        S.round_spread(results, 4)
+
+
+def test_cli_eval_world_runs_seed_rounds_with_the_sampling_asked(model_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import kinema.pipeline as P
+    from kinema.cli import app
+
+    monkeypatch.setitem(S.SUITES, "quick", lambda: CASES[:1])
+    sampled = []
+    denoise = P.denoise
+
+    def spy(model_fn, x, plan, steps, guidance=1.0, **kw):
+        sampled.append((steps, guidance))
+        return denoise(model_fn, x, plan, steps, guidance, **kw)
+
+    monkeypatch.setattr(P, "denoise", spy)
+    out = tmp_path / "eval"
+    args = ["eval", "world", "--model", str(model_dir), "--out", str(out), "--seeds", "2", "--steps", "3", "--guidance", "1.5"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    # the clip and its tasks, both rounds alike, sampled as asked, not with the model's 2 steps
+    assert set(sampled) == {(3, 1.5)} and len(sampled) >= 2 and len(sampled) % 2 == 0
+    doc = json.loads((out / "scores.json").read_text())
+    assert doc["rounds"] == 2 and [c["seed"] for c in doc["clips"]] == [CASES[0].seed, CASES[0].seed + S.SEED_STEP]
+    assert doc["spread"]["objects"] is not None and "± between rounds" in res.output
+    assert "± " in (out / "report.md").read_text()
+    res = CliRunner().invoke(app, ["eval", "world", "--model", "real", "--guidance", "2", "--out", str(out)])
+    assert res.exit_code != 0 and "apply to a trained model" in str(res.exception)

@@ -440,17 +440,27 @@ def eval_world(
     model: str = typer.Option("real", help="'real' (Kinema World renders: the ceiling), 'baseline:frozen', 'baseline:shuffled', 'baseline:noise', 'vae:NAME' (the renders through that VAE and back: the ceiling of a DiT on it, e.g. vae:world-vae), or a model NAME / checkpoint PATH."),
     suite: str = typer.Option("quick", help="Prompt suite: quick (16 small clips) or full (28 clips, several sizes)."),
     out: Path = typer.Option(Path("eval-world"), help="Folder for scores.json, report.md, clips/*.png and metrics/*.png."),
+    seeds: int = typer.Option(1, min=1, help="Rounds of the suite, each with every case's seed moved by 100 (other noise, other real renders): the means pool all rounds, and each gets its spread between rounds, to tell a change from the luck of one draw."),
+    steps: int = typer.Option(None, min=1, help="A model's sampling steps, in place of its default."),
+    guidance: float = typer.Option(None, help="A model's classifier-free guidance, in place of its default."),
 ) -> None:
     """Judge a model on the world benchmark: prompt adherence, consistency, permanence, gravity, persistence, camera, and the tasks (animate, extend, loop, connect, SDEdit) on the real renders of the cases that ask them."""
     from kinema.eval.report import write_report
-    from kinema.eval.suite import aggregate, run, sources
+    from kinema.eval.suite import aggregate, round_spread, run, seed_rounds, sources
     from kinema.eval.suite import suite as suite_cases
 
-    cases = suite_cases(suite)
-    make, tasks = sources(model)
+    cases = seed_rounds(suite_cases(suite), seeds)
+    make, tasks = sources(model, {"steps": steps, "guidance": guidance})
     results = run(make, cases, keep=True, progress=lambda name: typer.echo(f"judged {name}", err=True), tasks=tasks)
-    paths = write_report(out, model, suite, results)
-    print_table([{"metric": k, "mean": "n/a" if v is None else v} for k, v in aggregate(results).items()])
+    paths = write_report(out, model, suite, results, rounds=seeds)
+    spread = round_spread(results, seeds) if seeds > 1 else {}
+    rows = []
+    for k, v in aggregate(results).items():
+        row = {"metric": k, "mean": "n/a" if v is None else v}
+        if seeds > 1:
+            row["± between rounds"] = "n/a" if spread[k] is None else spread[k]
+        rows.append(row)
+    print_table(rows)
     typer.echo(f"wrote {paths['scores']} and {paths['report']} (with clips/ and metrics/ PNGs)")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kinema.eval import judge as J
-from kinema.eval.suite import ClipResult, aggregate
+from kinema.eval.suite import SEED_STEP, ClipResult, aggregate, round_spread
 from kinema.world.spec import COLORS
 
 GOOD, FAIR, BAD, NONE = (46, 160, 67), (230, 160, 30), (210, 50, 50), (190, 190, 190)
@@ -123,9 +123,12 @@ def _cell(score: J.Score | None) -> str:
     return f"{score.value:.2f}{mark}"
 
 
-def write_report(out: str | os.PathLike, model: str, suite_name: str, results: list[ClipResult]) -> dict[str, Path]:
+def write_report(
+    out: str | os.PathLike, model: str, suite_name: str, results: list[ClipResult], rounds: int = 1
+) -> dict[str, Path]:
     """Write scores.json, report.md, clips/<n>-<name>.png contact sheets and metrics/<metric>.png
-    bar plots under `out`. Results should hold frames and what the judge saw (run(keep=True))."""
+    bar plots under `out`. Results should hold frames and what the judge saw (run(keep=True));
+    rounds > 1: they are `seed_rounds` of the suite, and each mean gets its spread between rounds."""
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     (out / "metrics").mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,10 @@ def write_report(out: str | os.PathLike, model: str, suite_name: str, results: l
     metrics = list(totals)
     names = [f"{i + 1}. {r.case.name}" for i, r in enumerate(results)]
 
-    doc = dict(model=model, suite=suite_name, aggregate={k: None if v is None else round(v, 4) for k, v in totals.items()},
+    spread = round_spread(results, rounds) if rounds > 1 else {}
+    doc = dict(model=model, suite=suite_name, rounds=rounds,
+               aggregate={k: None if v is None else round(v, 4) for k, v in totals.items()},
+               spread={k: None if v is None else round(v, 4) for k, v in spread.items()},
                clips=[r.to_dict() for r in results], judge_seconds=round(sum(r.seconds for r in results), 3))  # fmt: skip
     scores_path = out / "scores.json"
     _write_text(scores_path, json.dumps(doc, indent=1))
@@ -159,6 +165,8 @@ def write_report(out: str | os.PathLike, model: str, suite_name: str, results: l
         "",
         f"{len(results)} clips; judged in {sum(r.seconds for r in results):.1f} s. Scores are in [0, 1], 1 is good;",
         "n/a: the case asks nothing the metric checks. ⚠ below 0.8, ✗ below 0.5.",
+        *([f"{rounds} rounds of the suite, each on seeds {SEED_STEP} above the last; ± is the standard deviation "
+           "of a metric's mean between rounds."] if rounds > 1 else []),
         "",
         "![overview](metrics/overview.png)",
         "",
@@ -167,7 +175,10 @@ def write_report(out: str | os.PathLike, model: str, suite_name: str, results: l
     ]
     for m in metrics:
         n = sum(_value(r.scores.get(m)) is not None for r in results)
-        lines.append(f"| [{m}](metrics/{m}.png) | {'n/a' if totals[m] is None else f'{totals[m]:.2f}'} | {n} |")
+        mean = "n/a" if totals[m] is None else f"{totals[m]:.2f}"
+        if spread.get(m) is not None:
+            mean += f" ± {spread[m]:.2f}"
+        lines.append(f"| [{m}](metrics/{m}.png) | {mean} | {n} |")
     lines += ["", "## Clips", "", "| clip | " + " | ".join(metrics) + " |", "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
     for name, r in zip(names, results):
         lines.append(f"| {name} | " + " | ".join(_cell(r.scores.get(m)) for m in metrics) + " |")

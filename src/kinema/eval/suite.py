@@ -5,6 +5,7 @@ the calibration of the judge against real renders (the ceiling) and trivial base
     make, tasks = sources("PATH")                           # a model's clips and its task answers
     results = run(make, SUITES["quick"](), tasks=tasks)     # + the task metrics on cases with tasks
     totals = aggregate(results)                             # metric -> mean over the clips it applies to
+    results = run(make, seed_rounds(SUITES["quick"](), 3))  # 3 rounds on other seeds; round_spread(results, 3)
     print(calibration_table(calibrate("quick")))
 
 A source is anything that turns a prompt into frames: `ClipSource(prompt, width, height,
@@ -154,6 +155,18 @@ def suite(name: str) -> list[Case]:
     return SUITES[name]()
 
 
+SEED_STEP = 100  # a round's seeds move by this: above every case seed, so no two rounds share a clip
+
+
+def seed_rounds(cases: list[Case], rounds: int) -> list[Case]:
+    """The cases `rounds` times over, round k with every seed moved by k * SEED_STEP (round 0 is
+    the suite as it is): the same prompts on other noise and other real renders, so a mean over
+    rounds is less at the mercy of one draw (see `round_spread`)."""
+    if rounds < 1:
+        raise KinemaError(f"rounds must be at least 1; got {rounds}")
+    return [replace(c, seed=c.seed + k * SEED_STEP) for k in range(rounds) for c in cases]
+
+
 # ---------------------------------------------------------------- sources
 
 
@@ -296,9 +309,13 @@ def model_tasks(model: str | Pipeline) -> TaskSource:
     return lambda case, real: model_task_scores(pipe, case, real)
 
 
-def sources(name: str) -> tuple[ClipSource, TaskSource]:
+def sources(name: str, settings: dict | None = None) -> tuple[ClipSource, TaskSource]:
     """'real', 'baseline:KIND', 'vae:NAME' or a model NAME / PATH -> what answers the prompts
-    and what answers the tasks (a model or VAE is loaded once, for both)."""
+    and what answers the tasks (a model or VAE is loaded once, for both). settings: sampling
+    defaults for a model ({"steps": 30, "guidance": 6.0}), in place of its own."""
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    if settings and (name == "real" or name.startswith(("baseline:", "vae:"))):
+        raise KinemaError(f"{', '.join(settings)} apply to a trained model, not to {name!r}")
     if name == "real":
         return real_source, lambda case, real: task_scores(case, real, None)
     if name.startswith("baseline:"):
@@ -308,6 +325,8 @@ def sources(name: str) -> tuple[ClipSource, TaskSource]:
         trip = vae_roundtrip(name.split(":", 1)[1])
         return (lambda *args: trip(real_source(*args))), lambda case, real: task_scores(case, real, trip)
     pipe = load_model(name)
+    if settings:
+        pipe.defaults.update(pipe._settings(**settings))  # checked as a generate call checks them
     return model_source(pipe), model_tasks(pipe)
 
 
@@ -371,6 +390,20 @@ def aggregate(results: list[ClipResult]) -> dict[str, float | None]:
     for name in names:
         values = [r.scores[name].value for r in results if r.scores.get(name) and r.scores[name].value is not None]
         out[name] = float(np.mean(values)) if values else None
+    return out
+
+
+def round_spread(results: list[ClipResult], rounds: int) -> dict[str, float | None]:
+    """Metric -> standard deviation of its `aggregate` between the rounds of `seed_rounds`
+    (results in the order run gave them; None where fewer than two rounds have a value)."""
+    if rounds < 1 or len(results) % rounds:
+        raise KinemaError(f"{len(results)} results do not split into {rounds} rounds")
+    n = len(results) // rounds
+    means = [aggregate(results[k * n : (k + 1) * n]) for k in range(rounds)]
+    out: dict[str, float | None] = {}
+    for name in aggregate(results):
+        values = [m[name] for m in means if m.get(name) is not None]
+        out[name] = float(np.std(values)) if len(values) >= 2 else None
     return out
 
 
