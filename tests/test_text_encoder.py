@@ -1,4 +1,4 @@
-import importlib.util
+import sys
 
 import pytest
 import torch
@@ -88,8 +88,8 @@ def test_hf_bad_path_raises(tmp_path):
         load_text_encoder(f"hf:{tmp_path / 'nowhere'}")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("transformers") is not None, reason="transformers is installed")
-def test_hf_without_transformers_raises(tmp_path):
+def test_hf_without_transformers_raises(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # an install without it: the import fails
     with pytest.raises(KinemaError, match="pip install transformers"):
         HFTextEncoder(tmp_path)
 

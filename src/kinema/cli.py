@@ -43,7 +43,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- generate and edit (kinema.pipeline)
 
-_MODEL = typer.Option("world", "--model", help="'world' (the shipped model) or a model folder: an export, or a training run.")
+_MODEL = typer.Option("world", "--model", help="'world' (the shipped model) or a model folder: an export, a training run, or a diffusers Wan 2.1 folder (model_index.json).")
 _SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, multiples of 16 (default: the model's; 128x128 for world).")
 _SECONDS = typer.Option(None, help="Duration in seconds (default: the model's; 2).")
 _FPS = typer.Option(None, help="Frames per second (default: the model's; 12).")
@@ -52,7 +52,7 @@ _GUIDANCE = typer.Option(None, help="Classifier-free guidance scale; 1 turns it 
 _SEED = typer.Option(0, help="Seed of the noise and of the prompt expansion.")
 _NEGATIVE = typer.Option("", "--negative", help="Negative prompt (default: none, the unconditional caption).")
 _EXPAND = typer.Option(None, "--expand/--no-expand", help="Expand a short prompt into a detailed caption (default: on for world models).")
-_SAMPLER = typer.Option("euler", help="Sampler: euler or heun.")
+_SAMPLER = typer.Option(None, help="Sampler: euler, heun or unipc (default: the model's; euler for Kinema's, a Wan folder's own scheduler).")
 _VIDEO_OUT = typer.Option(Path("out.mp4"), help="Video to write (.mp4, .webm, .mkv, .mov or .gif).")
 
 
@@ -558,6 +558,26 @@ def bench_generate_cmd(
 
     width, height = _early_checks(size, seconds)
     print_table(bench_generate(model, width, height, seconds, steps=steps))
+
+@bench_app.command("compare")
+def bench_compare_cmd(
+    model: str = typer.Option("wan2.1-1.3b", help="A diffusers Wan folder, or a named config with random weights: wan2.1-1.3b, wan2.1-14b, tiny."),
+    size: str = typer.Option("256x256", help="WIDTHxHEIGHT of the video the DiT step and the decode are for."),
+    frames: int = typer.Option(17, help="Pixel frames (1 + 4k)."),
+    steps: int = typer.Option(2, min=1, help="Timed denoising steps, after one warm-up step."),
+    dtype: str = typer.Option("bfloat16", help="The DiT's dtype on both sides: float32, bfloat16 or float16."),
+    guidance: float = typer.Option(5.0, help="Classifier-free guidance scale (two rows a step)."),
+    vae: bool = typer.Option(True, "--vae/--no-vae", help="Also compare a VAE decode."),
+    vae_size: str = typer.Option(None, help="WIDTHxHEIGHT of the decode (default: --size)."),
+    vae_frames: int = typer.Option(None, help="Pixel frames of the decode (default: --frames)."),
+) -> None:
+    """The same Wan weights in Kinema and in the reference (diffusers), side by side: seconds and peak
+    memory of a denoising step and of a VAE decode, their ratios, achieved GFLOP/s, max difference."""
+    from kinema.models.compare import compare
+
+    print_table(compare(model, *parse_size(size), frames=frames, steps=steps, dtype=dtype, guidance=guidance, vae=vae,
+                        vae_frames=vae_frames, vae_size=parse_size(vae_size) if vae_size else None))  # fmt: skip
+
 
 def print_table(rows: list[dict]) -> None:
     """Print benchmark rows as an aligned table."""

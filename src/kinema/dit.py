@@ -67,6 +67,12 @@ class DiTConfig:
     freq_dim:             width of the sinusoidal timestep features
     cross_gate:           scale each block's cross-attention by (1 + a timestep-driven gate); see
                           the module doc (configs saved before it existed read as False)
+    qk_norm:              "head": RMSNorm of each head's queries and keys (head_dim wide);
+                          "across": one RMSNorm over all heads (hidden wide), as Wan does
+    text_norm:            RMSNorm the caption tokens before their projection (Wan: none)
+    final_mod:            "linear": the final shift and scale are Linear(SiLU(c)); "table": a
+                          learned (2, D) table plus c itself, as Wan does
+    ffn_dim:              the MLP's hidden width, overriding mlp_ratio (Wan 2.1 1.3B: 8960)
 
     Presets take overrides: DiTConfig.l(text_dim=4096) for a T5-XXL text encoder.
     """
@@ -84,6 +90,10 @@ class DiTConfig:
     pooled_text: bool = True
     freq_dim: int = 256
     cross_gate: bool = True
+    qk_norm: str = "head"
+    text_norm: bool = True
+    final_mod: str = "linear"
+    ffn_dim: int | None = None
 
     def __post_init__(self):
         problems = []
@@ -99,6 +109,12 @@ class DiTConfig:
             problems.append(f"patch must be 3 positive sizes (pt, ph, pw), not {self.patch}")
         if self.freq_dim % 2:
             problems.append(f"freq_dim {self.freq_dim} must be even")
+        if self.qk_norm not in ("head", "across"):
+            problems.append(f"qk_norm must be 'head' or 'across', not {self.qk_norm!r}")
+        if self.final_mod not in ("linear", "table"):
+            problems.append(f"final_mod must be 'linear' or 'table', not {self.final_mod!r}")
+        if self.ffn_dim is not None and self.ffn_dim <= 0:
+            problems.append(f"ffn_dim must be positive, not {self.ffn_dim}")
         if problems:
             raise KinemaError("bad DiT config: " + "; ".join(problems))
 
@@ -114,6 +130,8 @@ class DiTConfig:
 
     @property
     def mlp_hidden(self) -> int:
+        if self.ffn_dim is not None:
+            return self.ffn_dim
         if self.mlp == "gelu":
             return int(self.hidden * self.mlp_ratio)
         h = int(2 * self.hidden * self.mlp_ratio / 3)
@@ -201,7 +219,7 @@ class DiTConfig:
             + 6 * D * D  # shared modulation
             + (D * D if self.cross_gate else 0)  # shared cross-attention gate
             + self.depth * block_tok
-            + 2 * D * D + D * self.token_dim  # final modulation + output
+            + (2 * D * D if self.final_mod == "linear" else 0) + D * self.token_dim  # final modulation + output
         )
         per_text_token = Dt * D + D * D + self.depth * 2 * D * D
         per_caption = (Dt * D + D * D) if self.pooled_text else 0
@@ -310,38 +328,62 @@ def _block_mask(mask_mod, q_len: int, kv_len: int, device: torch.device) -> Bloc
     return create_block_mask(mask_mod, None, None, q_len, kv_len, device=device, _compile=device.type == "cuda")
 
 
+def _qk_norm(dim: int, heads: int, across: bool) -> nn.RMSNorm:
+    """RMSNorm of queries or keys: per head (head_dim wide) or across all heads (dim wide)."""
+    return nn.RMSNorm(dim if across else dim // heads, eps=1e-6)
+
+
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, across: bool = False):
         super().__init__()
         self.heads = heads
+        self.across = across  # the norms see all heads at once (before the split into heads)
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.q_norm = _qk_norm(dim, heads, across)
+        self.k_norm = _qk_norm(dim, heads, across)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None) -> Tensor:
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)  # (B, H, L, d)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
-        out = attend(q, k, v, mask)  # (B, H, L, d)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, L, D) each
+        if self.across:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q, k, v))  # (B, H, L, d)
+        if not self.across:
+            q, k = self.q_norm(q), self.k_norm(k)
+        out = attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)  # (B, H, L, d)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, across: bool = False):
         super().__init__()
         self.heads = heads
+        self.across = across
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
-        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.q_norm = _qk_norm(dim, heads, across)
+        self.k_norm = _qk_norm(dim, heads, across)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | BlockMask) -> Tensor:
-        # x: (B, L, D); context: (B or 1, K, D) caption tokens
-        q = self.q_norm(rearrange(self.q(x), "b l (h d) -> b h l d", h=self.heads))  # (B, H, L, d)
-        k, v = rearrange(self.kv(context), "b k (two h d) -> two b h k d", two=2, h=self.heads)  # (B, H, K, d)
-        out = attend(q, self.k_norm(k), v, mask)  # (B, H, L, d)
+    def keys(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Caption tokens (B or 1, K, D) -> normed keys and values (B or 1, H, K, d): they depend on
+        the caption alone, so a sampler may compute them once and pass them to every step."""
+        k, v = self.kv(context).chunk(2, dim=-1)  # (B, K, D) each
+        if self.across:
+            k = self.k_norm(k)
+        k, v = (rearrange(a, "b k (h d) -> b h k d", h=self.heads) for a in (k, v))  # (B, H, K, d)
+        return (k if self.across else self.k_norm(k)), v
+
+    def forward(self, x: Tensor, context: Tensor | tuple[Tensor, Tensor], mask: Tensor | BlockMask) -> Tensor:
+        # x: (B, L, D); context: (B or 1, K, D) caption tokens, or their (keys, values) from `keys`
+        q = self.q(x)  # (B, L, D)
+        if self.across:
+            q = self.q_norm(q)
+        q = rearrange(q, "b l (h d) -> b h l d", h=self.heads)  # (B, H, L, d)
+        if not self.across:
+            q = self.q_norm(q)
+        k, v = context if isinstance(context, tuple) else self.keys(context)  # (B, H, K, d)
+        out = attend(q, k, v, mask)  # (B, H, L, d)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
@@ -367,9 +409,10 @@ class DiTBlock(nn.Module):
         super().__init__()
         D = config.hidden
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(D, config.heads)
+        across = config.qk_norm == "across"
+        self.attn = SelfAttention(D, config.heads, across)
         self.norm2 = nn.LayerNorm(D, eps=1e-6)
-        self.cross = CrossAttention(D, config.heads)
+        self.cross = CrossAttention(D, config.heads, across)
         self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(D, config.mlp_hidden, config.mlp)
         self.mod_table = nn.Parameter(torch.zeros(6, D))  # added to the shared modulation
@@ -389,14 +432,21 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dim: int, out_dim: int):
+    """LN, shift and scale from c, then the output projection. The shift and scale come from
+    Linear(SiLU(c)) (kind "linear"), or from a learned (2, D) table plus c itself ("table", Wan)."""
+
+    def __init__(self, dim: int, out_dim: int, kind: str = "linear"):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mod = nn.Linear(dim, 2 * dim)
+        self.mod = nn.Linear(dim, 2 * dim) if kind == "linear" else None
+        self.mod_table = nn.Parameter(torch.zeros(2, dim)) if kind == "table" else None
         self.out = nn.Linear(dim, out_dim)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.mod(F.silu(c)).chunk(2, dim=-1)  # (B, L, D) each
+        if self.mod is not None:
+            shift, scale = self.mod(F.silu(c)).chunk(2, dim=-1)  # (B, L, D) each
+        else:
+            shift, scale = (self.mod_table + c[..., None, :]).unbind(dim=-2)  # (B, L, D) each
         return self.out(modulate(self.norm(x), shift, scale))
 
 
@@ -423,7 +473,7 @@ class DiT(nn.Module):
         D = config.hidden
         self.x_embed = nn.Linear(config.token_dim, D)
         self.t_embed = nn.Sequential(nn.Linear(config.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
-        self.text_norm = nn.RMSNorm(config.text_dim, eps=1e-6)
+        self.text_norm = nn.RMSNorm(config.text_dim, eps=1e-6) if config.text_norm else nn.Identity()
         self.text_embed = nn.Sequential(nn.Linear(config.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
         self.text_pool = (
             nn.Sequential(nn.Linear(config.text_dim, D), nn.SiLU(), nn.Linear(D, D)) if config.pooled_text else None
@@ -431,7 +481,7 @@ class DiT(nn.Module):
         self.t_mod = nn.Linear(D, 6 * D)
         self.cross_gate = nn.Linear(D, D) if config.cross_gate else None
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
-        self.final = FinalLayer(D, config.token_dim)
+        self.final = FinalLayer(D, config.token_dim, config.final_mod)
         self.init_weights()
 
     @torch.no_grad()
@@ -445,7 +495,9 @@ class DiT(nn.Module):
                 m.reset_parameters()
         for lin in (self.t_embed[0], self.t_embed[2]):
             nn.init.normal_(lin.weight, std=0.02)
-        zero = [self.t_mod, self.final.mod, self.final.out] + ([self.cross_gate] if self.cross_gate is not None else [])
+        zero = [self.t_mod, self.final.out] + [m for m in (self.cross_gate, self.final.mod) if m is not None]
+        if self.final.mod_table is not None:
+            nn.init.zeros_(self.final.mod_table)
         for blk in self.blocks:
             nn.init.zeros_(blk.mod_table)
             if blk.cross_table is not None:
@@ -564,8 +616,11 @@ class DiT(nn.Module):
 
         x = self.x_embed(tokens)  # (B, L, D)
         context, masks, pooled = self._text_and_masks(text, text_mask, B, L, doc_ids, text_doc)
-        c, mod = self.conditioning(t, pooled)  # (B, L, D), (B, L, 6, D)
-        gate = self.cross_gate(F.silu(c)) if self.cross_gate is not None else None  # (B, L, D)
+        # every token of a row at one time (sampling without pins): the conditioning of one token
+        # a row, broadcast, is the same numbers for a 1/L of the work and memory
+        shared_t = doc_ids is None and bool((t == t[:, :1]).all())
+        c, mod = self.conditioning(t[:, :1] if shared_t else t, pooled)  # (B, L or 1, D), (B, L or 1, 6, D)
+        gate = self.cross_gate(F.silu(c)) if self.cross_gate is not None else None  # (B, L or 1, D)
         cos, sin = rope_angles(positions, cfg.rope_split, cfg.rope_theta)  # (L or B L, d/2)
         if cos.ndim == 2:
             cos, sin = cos[None, None], sin[None, None]  # (1, 1, L, d/2)

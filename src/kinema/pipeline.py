@@ -54,7 +54,14 @@ from torch import Tensor
 
 from kinema import tasks
 from kinema.errors import KinemaError
-from kinema.sampling import Plan, denoise, get_noise, make_model_fn
+from kinema.sampling import (
+    Plan,
+    denoise,
+    get_noise,
+    integer_timesteps,
+    make_model_fn,
+    reference_schedule,
+)
 from kinema.video import Video
 
 WORLD_DIR = Path(__file__).resolve().parent / "weights" / "world"
@@ -303,7 +310,8 @@ class Pipeline:
     """DiT + text encoder + VAE; one method per task (see the module doc)."""
 
     def __init__(self, dit, text_encoder, vae, *, expand: bool = False, defaults: dict | None = None,
-                 name: str = "", device: torch.device | str = "cpu"):  # fmt: skip
+                 name: str = "", device: torch.device | str = "cpu", strategy: str = "native",
+                 scheduler: dict | None = None):  # fmt: skip
         self.dit = dit
         self.text_encoder = text_encoder
         self.vae = vae
@@ -311,6 +319,12 @@ class Pipeline:
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.name = name
         self.device = torch.device(device)
+        # how the model is told about known latent frames (see sampling.denoise): "native" (clean
+        # tokens at t = 0, as Kinema trains) or "replace" (models not trained so, e.g. Wan 2.1)
+        self.strategy = strategy
+        # the sampler the model was published with: Kinema's own shifted schedule and Euler, or a
+        # reference scheduler's exact schedule (Wan: UniPC or flow-matching Euler, with its shift)
+        self.scheduler = {"method": "euler", **(scheduler or {})}
         self.patch = tuple(dit.config.patch)
         self.temporal = vae.config.temporal_factor
         self.multiple = vae.config.spatial_factor * self.patch[1]
@@ -318,14 +332,23 @@ class Pipeline:
             raise KinemaError(f"the pipeline needs a DiT patch (1, p, p); got {self.patch}")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "world", device: str = "auto") -> Pipeline:
-        """Load "world" (the shipped model), an export folder or a training run folder."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "world", device: str = "auto",
+                        dtype: torch.dtype | None = None) -> Pipeline:  # fmt: skip
+        """Load "world" (the shipped model), an export folder, a training run folder, or a diffusers
+        Wan 2.1 folder (model_index.json; `kinema.models.wan`). dtype: the Wan weights' type in
+        memory (default float32; bfloat16 halves it)."""
+        from kinema.models.wan import is_wan_folder, load_wan
+
         set_threads()
-        directory = resolve(name_or_path)
-        spec = _read_json(directory / PIPELINE_FILE)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dev = torch.device(device)
+        if is_wan_folder(name_or_path):
+            w = load_wan(name_or_path, device=dev, dtype=dtype)
+            return cls(w.dit, w.text_encoder, w.vae, defaults=w.defaults, name=str(name_or_path), device=dev,
+                       strategy=w.strategy, scheduler=w.scheduler)  # fmt: skip
+        directory = resolve(name_or_path)
+        spec = _read_json(directory / PIPELINE_FILE)
         dit = _load_dit(directory, spec, dev)
         text = _load_text(directory, str(spec.get("text_encoder", "builtin:.")), dev)
         vae = _load_vae(directory, str(spec.get("vae", "")), dev)
@@ -405,14 +428,22 @@ class Pipeline:
         return text.to(self.device), mask.to(self.device)
 
     def sample(self, plan: Plan, caption: str, negative: str = "", *, steps: int, guidance: float, seed: int,
-               method: str = "euler", progress: bool = True, callback: Callable | None = None) -> Tensor:  # fmt: skip
-        """Run the sampler on a plan; returns the normalized latent (C, T, H, W)."""
+               method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Tensor:  # fmt: skip
+        """Run the sampler on a plan; returns the normalized latent (C, T, H, W). method: None for
+        the model's own (`self.scheduler`)."""
         text, mask = self._text(caption, negative, float(guidance))
         autocast = torch.bfloat16 if self.device.type == "cuda" else None
         model_fn = make_model_fn(self.dit, text, mask, self.patch, autocast)
         noise = get_noise(plan.shape, seed, device=self.device)
-        return denoise(model_fn, noise, plan, int(steps), float(guidance), method=method, patch=self.patch,
-                       progress=progress, callback=callback,
+        sched = self.scheduler
+        times = None
+        if sched.get("schedule"):  # a reference scheduler's own times (Wan folders); denoise cuts them for SDEdit
+            times = reference_schedule(sched["schedule"], int(steps), sched["shift"])
+        if sched.get("integer_timesteps"):  # the reference tells the model its times as whole steps
+            model_fn = integer_timesteps(model_fn)
+        return denoise(model_fn, noise, plan, int(steps), float(guidance), method=method or sched["method"],
+                       patch=self.patch, progress=progress, callback=callback, times=times, strategy=self.strategy,
+                       solver_order=int(sched.get("solver_order", 2)),
                        shift_scale=float(self.defaults["shift_scale"]))  # fmt: skip
 
     def _media(self, media: Media, fps: float | None, width: int | None, height: int | None):
@@ -445,7 +476,7 @@ class Pipeline:
 
     def generate(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
                  fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-                 negative_prompt: str = "", expand: bool | None = None, method: str = "euler",
+                 negative_prompt: str = "", expand: bool | None = None, method: str | None = None,
                  progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """Text -> video of width x height (multiples of 16) and about seconds * fps frames (1 + 4k)."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
@@ -459,7 +490,7 @@ class Pipeline:
 
     def image(self, prompt: str, width: int | None = None, height: int | None = None, steps: int | None = None,
               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
-              method: str = "euler", progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+              method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """Text -> image: one latent frame, one pixel frame."""
         s = self._settings(steps=steps, guidance=guidance, fps=None)
         w, h = self._size(width, height)
@@ -472,7 +503,7 @@ class Pipeline:
     def animate(self, image: Media, prompt: str, width: int | None = None, height: int | None = None,
                 seconds: float | None = None, fps: float | None = None, steps: int | None = None,
                 guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
-                method: str = "euler", progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+                method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """Image -> video: latent frame 0 pinned to the encoded image (the first frame of a
         video file). The output has the image's size, or width x height (scaled and cropped)."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
@@ -486,7 +517,7 @@ class Pipeline:
 
     def extend(self, video: Media, prompt: str, direction: str = "forward", seconds: float | None = None,
                fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-               negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, method: str = "euler",
+               negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, method: str | None = None,
                progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """About `seconds` of new frames after (forward) or before (backward) the video, which is
         kept whole. `context` latent frames of it are pinned (1 + 4(k - 1) frames forward, 1 + 4k
@@ -512,7 +543,7 @@ class Pipeline:
 
     def connect(self, a: Media, b: Media, prompt: str, seconds: float | None = None, fps: float | None = None,
                 steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-                expand: bool | None = None, context: int = CONTEXT, method: str = "euler", progress: bool = True,
+                expand: bool | None = None, context: int = CONTEXT, method: str | None = None, progress: bool = True,
                 callback: Callable | None = None) -> Output:  # fmt: skip
         """A, then about `seconds` of frames that lead from A's end into B's start, then B.
         B is read at A's rate and scaled and cropped to A's size."""
@@ -533,7 +564,7 @@ class Pipeline:
     def loop(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
              fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
              negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, bridge: float = 1 / 3,
-             method: str = "euler", progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+             method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """A seamless loop of 4K frames (K = seconds * fps / 4): a clip, then a bridge from its tail
         back to its head (`tasks` module doc). `bridge`: the bridge's share of the loop.
         The output's plan and latent are the bridge's: its first latents are the clip's tail
@@ -556,7 +587,7 @@ class Pipeline:
 
     def edit(self, video: Media, prompt: str, strength: float = 0.6, fps: float | None = None,
              steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-             expand: bool | None = None, method: str = "euler", progress: bool = True,
+             expand: bool | None = None, method: str | None = None, progress: bool = True,
              callback: Callable | None = None) -> Output:  # fmt: skip
         """SDEdit: the video's latent noised to t = strength, then sampled under the new prompt.
         strength 0 gives the VAE reconstruction of the input; 1 ignores the input. The output has
@@ -576,7 +607,7 @@ class Pipeline:
     def long_windows(self, prompt: str, seconds: float, window: float = 2.0, width: int | None = None,
                      height: int | None = None, fps: float | None = None, steps: int | None = None,
                      guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-                     expand: bool | None = None, context: int = CONTEXT, method: str = "euler",
+                     expand: bool | None = None, context: int = CONTEXT, method: str | None = None,
                      progress: bool = True) -> Iterator[Window]:  # fmt: skip
         """A long video as finished windows, in order: window 0 is text -> video, each later one a
         forward extension of the same size from the last frames made. Window w uses seed + w.

@@ -13,13 +13,16 @@ from kinema.text.encoder import (
     drop_captions,
     load_text_encoder,
 )
+from kinema.text.umt5 import WanTextEncoder, load_umt5
 
 __all__ = [
     "BuiltinTextEncoder",
     "HFTextEncoder",
     "TextEncoder",
     "TextEncoderConfig",
+    "WanTextEncoder",
     "WordTokenizer",
     "drop_captions",
     "load_text_encoder",
+    "load_umt5",
 ]

@@ -19,6 +19,7 @@ from kinema.vae.model import (
     pad_to_multiple,
     save_vae,
 )
+from kinema.vae.wan import WanVAE, WanVAEConfig, load_wan_vae
 
 __all__ = [
     "PRESETS",
@@ -26,11 +27,14 @@ __all__ = [
     "DiagonalGaussian",
     "LossWeights",
     "VAEConfig",
+    "WanVAE",
+    "WanVAEConfig",
     "compute_latent_stats",
     "count_params",
     "crop",
     "kl_loss",
     "load_vae",
+    "load_wan_vae",
     "pad_to_multiple",
     "psnr",
     "save_vae",

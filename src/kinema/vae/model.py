@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -510,44 +510,37 @@ def _gather(pieces: Iterable[torch.Tensor], shape: tuple[int, ...]) -> torch.Ten
 # -------------------------------------------------------------------------------- the VAE
 
 
-class CausalVAE(nn.Module):
-    """Causal 3D VAE. `encode(x) -> DiagonalGaussian`, `decode(z) -> x`, both with optional
-    time chunks (`chunk`, in latent frames) and spatial tiles (`tile`, `overlap`, in latent
-    units). For bounded memory call them under `torch.inference_mode()`."""
+class VideoVAE(nn.Module):
+    """What every Kinema video VAE shares, written once: input checks, time chunks x spatial tiles
+    with carried causal caches, the latent normalisation, and `encode` / `decode_stream` / `decode`.
 
-    def __init__(self, config: VAEConfig | None = None):
-        super().__init__()
-        self.config = config or VAEConfig()
-        self.encoder = Encoder(self.config)
-        self.decoder = Decoder(self.config)
-        self.initialize_weights()
+    A subclass builds its networks and hands them to this machinery through two methods with the
+    `net(x, cache)` convention (cache None: the whole clip in one call; a dict: carried from one
+    time chunk to the next, holding whatever per-module state the network needs):
 
-    def initialize_weights(self) -> None:
-        """PyTorch's default conv init, except that the last conv of every residual block starts
-        at zero: each block begins as the identity, so the untrained network is shallow, smooth
-        and local (short effective receptive field). Deep stacks then train at higher learning
-        rates, and an untrained model already tiles without seams."""
-        for module in self.modules():
-            if isinstance(module, ResBlock):
-                nn.init.zeros_(module.conv2.conv.weight)
-                nn.init.zeros_(module.conv2.conv.bias)
-        # The posterior starts nearly deterministic (std e^-5 ~ 0.007). From logvar = 0 the sampling
-        # noise (std 1) drowns latents of typical scale 0.1 - 1, and the weak KL weight never
-        # makes the encoder fight it: measured on the tiny preset after 1000 steps, the latent
-        # means spread 0.1 against a posterior std of 0.05, and reconstructions stayed blurred.
-        out = self.encoder.conv_out.conv
-        c = self.config.latent_channels
-        with torch.no_grad():
-            out.weight[c:].zero_()
-            out.bias[c:].fill_(-10.0)
+        _encode_net(x, cache): (B, 3, T, H, W) -> moments (B, 2 C, T', H/s, W/s), mean then logvar
+        _decode_net(z, cache): (B, C, T', h, w) -> (B, 3, 1 + f (T' - 1), s h, s w)
+
+    Its `config` gives in_channels, latent_channels, temporal_factor (f), spatial_factor (s),
+    num_frames(latent_frames), latent_mean and latent_std (None: 0 / 1). Subclasses:
+    `CausalVAE` (Kinema's own) and `kinema.vae.wan.WanVAE` (Wan 2.1's weights).
+    """
+
+    config: VAEConfig  # or any config with the fields named above
+
+    def _encode_net(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode_net(self, z: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        raise NotImplementedError
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.decoder.conv_out.conv.weight.dtype
+        return next(self.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
-        return self.decoder.conv_out.conv.weight.device
+        return next(self.parameters()).device
 
     # -- input checks
 
@@ -602,7 +595,7 @@ class CausalVAE(nn.Module):
 
     def _stream(
         self,
-        net: nn.Module,
+        net: Callable[[torch.Tensor, Cache | None], torch.Tensor],
         x: torch.Tensor,
         splits: list[int],
         tile: int | None,
@@ -670,7 +663,7 @@ class CausalVAE(nn.Module):
         splits = self._splits(x.shape[2], 1, None if chunk is None else chunk * f)
         b, _, t, h, w = x.shape
         shape = (b, 2 * self.config.latent_channels, 1 + (t - 1) // f, h // s, w // s)
-        moments = _gather(self._stream(self.encoder, x, splits, tile, overlap, s, 1), shape)
+        moments = _gather(self._stream(self._encode_net, x, splits, tile, overlap, s, 1), shape)
         mean, logvar = moments.chunk(2, dim=1)  # (B, C, T', H', W') each
         return DiagonalGaussian(mean, logvar, size)
 
@@ -687,12 +680,13 @@ class CausalVAE(nn.Module):
         self._check_latent(z)
         overlap = self._check_chunking(chunk, tile, overlap)
         splits = self._splits(z.shape[2], 1, chunk)
-        return self._stream(self.decoder, z.to(self.dtype), splits, tile, overlap, 1, self.config.spatial_factor)
+        return self._stream(self._decode_net, z.to(self.dtype), splits, tile, overlap, 1, self.config.spatial_factor)
 
     def decode(
         self, z: torch.Tensor, *, chunk: int | None = None, tile: int | None = None, overlap: int | None = None
     ) -> torch.Tensor:
-        """Latent (B, C, 1 + k, h, w) -> video (B, 3, 1 + 4k, 8h, 8w), roughly in [-1, 1] (not clamped).
+        """Latent (B, C, 1 + k, h, w) -> video (B, 3, 1 + 4k, 8h, 8w), roughly in [-1, 1] (clamped only
+        where the subclass's decoder clamps: WanVAE does, as its reference; CausalVAE does not).
 
         chunk: latent frames per time chunk after the first (None: the whole latent at once).
         tile / overlap: spatial tiles in latent units (None: no tiles / a quarter of the tile).
@@ -728,6 +722,44 @@ class CausalVAE(nn.Module):
         """Diffusion-model latent -> VAE latent, ready for `decode`."""
         mean, std = self._latent_stats(z)
         return z * std + mean
+
+
+class CausalVAE(VideoVAE):
+    """Causal 3D VAE. `encode(x) -> DiagonalGaussian`, `decode(z) -> x`, both with optional
+    time chunks (`chunk`, in latent frames) and spatial tiles (`tile`, `overlap`, in latent
+    units). For bounded memory call them under `torch.inference_mode()`."""
+
+    def __init__(self, config: VAEConfig | None = None):
+        super().__init__()
+        self.config = config or VAEConfig()
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """PyTorch's default conv init, except that the last conv of every residual block starts
+        at zero: each block begins as the identity, so the untrained network is shallow, smooth
+        and local (short effective receptive field). Deep stacks then train at higher learning
+        rates, and an untrained model already tiles without seams."""
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                nn.init.zeros_(module.conv2.conv.weight)
+                nn.init.zeros_(module.conv2.conv.bias)
+        # The posterior starts nearly deterministic (std e^-5 ~ 0.007). From logvar = 0 the sampling
+        # noise (std 1) drowns latents of typical scale 0.1 - 1, and the weak KL weight never
+        # makes the encoder fight it: measured on the tiny preset after 1000 steps, the latent
+        # means spread 0.1 against a posterior std of 0.05, and reconstructions stayed blurred.
+        out = self.encoder.conv_out.conv
+        c = self.config.latent_channels
+        with torch.no_grad():
+            out.weight[c:].zero_()
+            out.bias[c:].fill_(-10.0)
+
+    def _encode_net(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        return self.encoder(x, cache)
+
+    def _decode_net(self, z: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        return self.decoder(z, cache)
 
     def set_latent_stats(self, mean: Iterable[float], std: Iterable[float]) -> None:
         """Store per-channel latent statistics in the config (saved with the weights)."""
