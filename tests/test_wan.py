@@ -249,3 +249,19 @@ def test_not_a_wan_folder_is_a_clear_error(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "WanPipeline"}')
     with pytest.raises(KinemaError, match="lacks transformer/"):
         load_wan(tmp_path)
+
+
+@pytest.mark.slow
+def test_bench_compare_runs_both_sides_on_a_named_config():
+    from kinema.models.compare import compare
+
+    rows = compare("tiny", 32, 32, frames=5, steps=1, dtype="float32", vae_frames=5)
+    got = {(r["part"].split(",")[0], r["measure"]): r for r in rows}
+    for part in ("DiT step", "VAE decode"):
+        for measure in ("seconds", "peak MiB"):
+            r = got[(part, measure)]
+            assert r["reference"] > 0 and r["kinema"] > 0 and r["ratio"].endswith("x")
+    assert got[("DiT step", "max |v diff|")]["kinema"] <= 1e-4  # the same weights, float32
+    assert got[("VAE decode", "max |frame diff|")]["kinema"] <= 1e-4
+    with pytest.raises(KinemaError, match="unknown config"):
+        compare("wan9", 32, 32)

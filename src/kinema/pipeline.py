@@ -138,7 +138,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
             "`kinema train dit` (its export/) or by kinema.train.dit.export_weights"
         )
     raise KinemaError(
-        f"unknown model {text!r}: give 'world' (the shipped model) or a model folder with {PIPELINE_FILE}"
+        f"unknown model {text!r}: give 'world' (the shipped model), a model folder with {PIPELINE_FILE}, "
+        "or a diffusers Wan 2.1 folder (model_index.json)"
     )
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from kinema.dit import DiT, DiTConfig
 from kinema.errors import KinemaError
-from kinema.models.hf import load_state, read_config
+from kinema.models.hf import LazyState, read_config, release_freed_memory
 
 MODEL_INDEX = "model_index.json"
 
@@ -109,9 +109,10 @@ WAN_DIT_NAMES = {
 }
 
 
-def wan_dit_state(src: dict[str, Tensor], config: DiTConfig) -> dict[str, Tensor]:
+def wan_dit_state(src: dict[str, Tensor] | LazyState, config: DiTConfig) -> dict[str, Tensor]:
     """A WanTransformer3DModel state dict -> Kinema DiT state dict (every tensor accounted for).
-    `src` is emptied as its tensors move, so a converted tensor never coexists with its source."""
+    `src` (a dict, or a LazyState that reads each tensor when taken) is emptied as its tensors
+    move, so a converted tensor never coexists with its source."""
     out: dict[str, Tensor] = {}
 
     def take(name: str) -> Tensor:
@@ -163,11 +164,13 @@ def load_wan_dit(folder: str | os.PathLike, device: str | torch.device = "cpu",
 
     with torch.device("meta"):
         dit = Unset(config)
-    state = wan_dit_state(load_state(folder, device=device, dtype=dtype or torch.float32), config)
+    state = wan_dit_state(LazyState(folder, device=device, dtype=dtype or torch.float32), config)
     try:
         dit.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         raise KinemaError(f"the weights in {folder} do not fit its config.json: {e}") from None
+    del state
+    release_freed_memory()
     dit.__class__ = DiT
     return dit.eval().requires_grad_(False)
 
