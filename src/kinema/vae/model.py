@@ -56,8 +56,21 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"  # kinema/weigh
 # ----------------------------------------------------------------------------------- config
 
 
+class LatentGeometry:
+    """Sizes every VAE config derives from its latent_channels, spatial_factor and temporal_factor."""
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, T', H', W') of the latent of a clip; height/width are padded up to the factor."""
+        s, f = self.spatial_factor, self.temporal_factor
+        return (self.latent_channels, 1 + (frames - 1) // f, -(-height // s), -(-width // s))
+
+    def num_frames(self, latent_frames: int) -> int:
+        """Pixel frames decoded from `latent_frames` latent frames: 1 + f * (T' - 1)."""
+        return 1 + self.temporal_factor * (latent_frames - 1)
+
+
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(LatentGeometry):
     """Shape of the VAE. The defaults are `base()`; compression follows from `temporal_downsample`.
 
     patch_size: pixels folded into channels at the input (pixel unshuffle, p x p -> 3 p^2
@@ -160,15 +173,6 @@ class VAEConfig:
     @property
     def temporal_factor(self) -> int:
         return 2 ** sum(self.temporal_downsample)
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """(C, T', H', W') of the latent of a clip; height/width are padded up to the factor."""
-        s, f = self.spatial_factor, self.temporal_factor
-        return (self.latent_channels, 1 + (frames - 1) // f, -(-height // s), -(-width // s))
-
-    def num_frames(self, latent_frames: int) -> int:
-        """Pixel frames decoded from `latent_frames` latent frames: 1 + f * (T' - 1)."""
-        return 1 + self.temporal_factor * (latent_frames - 1)
 
     # -- JSON beside the weights
 

@@ -41,7 +41,7 @@ from einops import rearrange
 
 from kinema.errors import KinemaError
 from kinema.models.hf import load_state, read_config
-from kinema.vae.model import Cache, VideoVAE
+from kinema.vae.model import Cache, LatentGeometry, VideoVAE
 
 # The per-channel latent statistics of Wan 2.1 (diffusers' defaults for AutoencoderKLWan).
 WAN21_LATENTS_MEAN = (
@@ -58,7 +58,7 @@ WAN21_LATENTS_STD = (
 
 
 @dataclass(frozen=True)
-class WanVAEConfig:
+class WanVAEConfig(LatentGeometry):
     """Shape of a Wan VAE, field for field as diffusers' vae/config.json (defaults: Wan 2.1).
 
     dim_mult: one entry a resolution level (base_dim * m channels); every level but the last
@@ -146,15 +146,6 @@ class WanVAEConfig:
     @property
     def temporal_factor(self) -> int:
         return 2 ** sum(self.temperal_downsample)
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """(C, T', H', W') of the latent of a clip; height/width are padded up to the factor."""
-        s, f = self.spatial_factor, self.temporal_factor
-        return (self.latent_channels, 1 + (frames - 1) // f, -(-height // s), -(-width // s))
-
-    def num_frames(self, latent_frames: int) -> int:
-        """Pixel frames decoded from `latent_frames` latent frames: 1 + f * (T' - 1)."""
-        return 1 + self.temporal_factor * (latent_frames - 1)
 
 
 # ----------------------------------------------------------------------------------- layers
