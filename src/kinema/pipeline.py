@@ -29,8 +29,10 @@ output is cropped back, so it has the input's size. Durations become 1 + 4k fram
 Weights. A model folder holds pipeline.json (written by `train.dit.export_weights`):
 {"dit", "dit_config", "text_encoder", "vae"}, optionally "expand" and "defaults" (width,
 height, seconds, fps, steps, guidance, and the shift_scale the model was trained with).
-`from_pretrained` accepts that folder, a training run folder (its export/), or "world" (the
-folder kinema/weights/world/ shipped with the package).
+`from_pretrained` accepts that folder, a training run folder (its export/), "world" (the
+folder kinema/weights/world/ shipped with the package), or a diffusers Wan 2.1 folder
+(model_index.json; loaded by `kinema.models.wan`, sampled with its own scheduler and the
+"replace" conditioning strategy).
 The DiT is built on the meta device and its safetensors assigned, so loading costs the read.
 """
 
