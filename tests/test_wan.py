@@ -265,3 +265,39 @@ def test_bench_compare_runs_both_sides_on_a_named_config():
     assert got[("VAE decode", "max |frame diff|")]["kinema"] <= 1e-4
     with pytest.raises(KinemaError, match="unknown config"):
         compare("wan9", 32, 32)
+
+
+# ---------------------------------------------------------------- memory options
+
+
+def test_offloaded_and_half_precision_pipelines_sample_the_same(wan_dir):
+    from kinema.pipeline import Pipeline
+
+    kw = dict(width=16, height=16, seconds=5 / 16, seed=3, **FAST)
+    plain = Pipeline.from_pretrained(wan_dir, device="cpu").generate("a red ball", **kw).latent
+    for offload in ("text", "blocks"):
+        pipe = Pipeline.from_pretrained(wan_dir, device="cpu", offload=offload)
+        assert torch.equal(pipe.generate("a red ball", **kw).latent, plain), offload
+    half = Pipeline.from_pretrained(wan_dir, device="cpu", dtype="bfloat16")
+    assert all(p.dtype == torch.bfloat16 for p in half.dit.parameters())
+    got = half.generate("a red ball", **kw).latent
+    assert 0 < (got - plain).abs().max() < 0.1 * plain.abs().max()  # bfloat16 rounding, the same sample
+    with pytest.raises(KinemaError, match="offload"):
+        Pipeline.from_pretrained(wan_dir, device="cpu", offload="disk")
+    with pytest.raises(KinemaError, match="dtype"):
+        Pipeline.from_pretrained(wan_dir, device="cpu", dtype="int8")
+
+
+def test_memory_estimate_terms():
+    from kinema.models.memory import GIB, wan_memory_table, wan_sampling_memory
+
+    small = wan_sampling_memory("wan2.1-1.3b", 832, 480)
+    assert 1.2e9 < small["dit_weights"] * GIB / 2 < 1.5e9  # the 1.3B's parameters, counted
+    big = wan_sampling_memory("wan2.1-14b", 832, 480)
+    assert 13e9 < big["dit_weights"] * GIB / 2 < 15e9
+    assert small["tokens"] == 21 * 30 * 52
+    hd = wan_sampling_memory("wan2.1-14b", 1280, 720)
+    assert hd["activations"] > big["activations"] and hd["peak"] > big["peak"]
+    peaks = [wan_sampling_memory("wan2.1-14b", 832, 480, offload=o)["peak"] for o in ("none", "text", "blocks")]
+    assert peaks[0] > peaks[1] > peaks[2]
+    assert len(wan_memory_table()) == 12

@@ -53,6 +53,8 @@ _SEED = typer.Option(0, help="Seed of the noise and of the prompt expansion.")
 _NEGATIVE = typer.Option("", "--negative", help="Negative prompt (default: none, the unconditional caption).")
 _EXPAND = typer.Option(None, "--expand/--no-expand", help="Expand a short prompt into a detailed caption (default: on for world models).")
 _SAMPLER = typer.Option(None, help="Sampler: euler, heun or unipc (default: the model's; euler for Kinema's, a Wan folder's own scheduler).")
+_DTYPE = typer.Option(None, help="Weights of a Wan folder in memory: float32 (default), bfloat16 or float16 (half the memory).")
+_OFFLOAD = typer.Option("none", help="GPU memory: none; text (the text encoder leaves the GPU after encoding); blocks (that, and the DiT's blocks stream from CPU memory one at a time).")
 _VIDEO_OUT = typer.Option(Path("out.mp4"), help="Video to write (.mp4, .webm, .mkv, .mov or .gif).")
 
 
@@ -80,10 +82,10 @@ def _read_media(path: Path, fps: float | None = None):
     return read_video(path, fps=fps)
 
 
-def _pipeline(model: str):
+def _pipeline(model: str, dtype: str | None = None, offload: str = "none"):
     from kinema.pipeline import Pipeline
 
-    return Pipeline.from_pretrained(model)
+    return Pipeline.from_pretrained(model, dtype=dtype, offload=offload)
 
 
 def _write(result, out: Path) -> None:
@@ -100,12 +102,13 @@ def generate_cmd(
     prompt: str = typer.Argument(..., help="What to show, e.g. 'a red ball bounces on green grass'."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
     seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD,
     window: float = typer.Option(None, help="Make a long video in windows of this many seconds, each written as it is done (memory does not grow with --seconds)."),
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Text -> video of any size and duration."""
     width, height = _early_checks(size, seconds, fps, out)
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, dtype, offload)
     kw = dict(width=width, height=height, fps=fps, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
               expand=expand, method=sampler)  # fmt: skip
     if window is not None:
@@ -121,11 +124,12 @@ def image_cmd(
     prompt: str = typer.Argument(..., help="What to show."),
     size: str = _SIZE, steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD,
     out: Path = typer.Option(Path("image.png"), help="Image to write (.png, .jpg or .webp)."),
 ) -> None:  # fmt: skip
     """Text -> image (one frame)."""
     width, height = _early_checks(size, out=out, still=True)
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, dtype, offload)
     _write(pipe.image(prompt, width, height, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
                       expand=expand, method=sampler), out)  # fmt: skip
 
@@ -136,12 +140,13 @@ def animate_cmd(
     prompt: str = typer.Argument(..., help="What happens next."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
     seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD,
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Image -> video: the image is the first frame (default size: the image's)."""
     width, height = _early_checks(size, seconds, fps, out)
     source = _read_media(image)
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, dtype, offload)
     _write(pipe.animate(source, prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
                         negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
 
@@ -154,14 +159,15 @@ def extend_cmd(
     seconds: float = typer.Option(None, help="Seconds of new frames (default: the model's; 2)."),
     fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
-    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL, out: Path = _VIDEO_OUT,
+    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Extend a video forward or backward in time."""
     if direction not in ("forward", "backward"):
         raise KinemaError(f"--direction must be forward or backward; got {direction!r}")
     _early_checks(None, seconds, fps, out)
     source = _read_media(video, fps)
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, dtype, offload)
     _write(pipe.extend(source, prompt, direction, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
                        negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
 
@@ -171,11 +177,12 @@ def loop_cmd(
     prompt: str = typer.Argument(..., help="What to show."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
     seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD,
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """A seamless loop: its last frame leads into its first."""
     width, height = _early_checks(size, seconds, fps, out)
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, dtype, offload)
     _write(pipe.loop(prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
                      negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
 
@@ -188,13 +195,14 @@ def connect_cmd(
     seconds: float = typer.Option(None, help="Seconds of frames between them (default: the model's; 2)."),
     fps: float = typer.Option(None, help="Read both videos at this rate (default: the first's)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
-    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL, out: Path = _VIDEO_OUT,
+    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Connect two videos: A, generated frames from A's end to B's start, B."""
     _early_checks(None, seconds, fps, out)
     first = _read_media(a, fps)
     second = _read_media(b, first.fps)
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, dtype, offload)
     _write(pipe.connect(first, second, prompt, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
                         negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
 
@@ -206,14 +214,15 @@ def edit_cmd(
     strength: float = typer.Option(0.6, help="How far from the input: 0 keeps it, 1 ignores it."),
     fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
-    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL, out: Path = _VIDEO_OUT,
+    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """SDEdit video -> video: the input noised to STRENGTH, then made again under the new prompt."""
     if not 0.0 <= strength <= 1.0:
         raise KinemaError(f"--strength must be in [0, 1]; got {strength}")
     _early_checks(None, None, fps, out, still=True)
     source = _read_media(video, fps)
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, dtype, offload)
     _write(pipe.edit(source, prompt, strength, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
                      expand=expand, method=sampler), out)  # fmt: skip
 
@@ -564,19 +573,21 @@ def bench_compare_cmd(
     model: str = typer.Option("wan2.1-1.3b", help="A diffusers Wan folder, or a named config with random weights: wan2.1-1.3b, wan2.1-14b, tiny."),
     size: str = typer.Option("256x256", help="WIDTHxHEIGHT of the video the DiT step and the decode are for."),
     frames: int = typer.Option(17, help="Pixel frames (1 + 4k)."),
-    steps: int = typer.Option(2, min=1, help="Timed denoising steps, after one warm-up step."),
+    steps: int = typer.Option(3, min=1, help="Timed denoising steps a side (their median is reported), the sides alternating, after one warm-up step each."),
     dtype: str = typer.Option("bfloat16", help="The DiT's dtype on both sides: float32, bfloat16 or float16."),
     guidance: float = typer.Option(5.0, help="Classifier-free guidance scale (two rows a step)."),
     vae: bool = typer.Option(True, "--vae/--no-vae", help="Also compare a VAE decode."),
     vae_size: str = typer.Option(None, help="WIDTHxHEIGHT of the decode (default: --size)."),
     vae_frames: int = typer.Option(None, help="Pixel frames of the decode (default: --frames)."),
+    vae_tile: int = typer.Option(None, help="Kinema decodes in spatial tiles of this many latent pixels (overlap blended); the reference untiled."),
 ) -> None:
     """The same Wan weights in Kinema and in the reference (diffusers), side by side: seconds and peak
     memory of a denoising step and of a VAE decode, their ratios, achieved GFLOP/s, max difference."""
     from kinema.models.compare import compare
 
     print_table(compare(model, *parse_size(size), frames=frames, steps=steps, dtype=dtype, guidance=guidance, vae=vae,
-                        vae_frames=vae_frames, vae_size=parse_size(vae_size) if vae_size else None))  # fmt: skip
+                        vae_frames=vae_frames, vae_size=parse_size(vae_size) if vae_size else None,
+                        vae_tile=vae_tile))  # fmt: skip
 
 
 def print_table(rows: list[dict]) -> None:

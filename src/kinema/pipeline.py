@@ -73,6 +73,8 @@ PIPELINE_FILE = "pipeline.json"
 # shift_scale: the training times' scale of the resolution shift (see flow.training_t), which
 # the sampler's schedule must share; a training export writes it into pipeline.json's defaults
 DEFAULTS: dict[str, float] = dict(width=128, height=128, seconds=2.0, fps=12.0, steps=30, guidance=4.0, shift_scale=1.0)
+OFFLOAD = ("none", "text", "blocks")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONTEXT = 2  # latent frames of context for extend, long, loop and connect (1 + 4 = 5 pixel frames)
 Media = str | os.PathLike | Video | Tensor | np.ndarray
 
@@ -314,7 +316,9 @@ class Pipeline:
 
     def __init__(self, dit, text_encoder, vae, *, expand: bool = False, defaults: dict | None = None,
                  name: str = "", device: torch.device | str = "cpu", strategy: str = "native",
-                 scheduler: dict | None = None):  # fmt: skip
+                 scheduler: dict | None = None, offload: str = "none"):  # fmt: skip
+        if offload not in OFFLOAD:
+            raise KinemaError(f"offload must be one of {', '.join(OFFLOAD)}; got {offload!r}")
         self.dit = dit
         self.text_encoder = text_encoder
         self.vae = vae
@@ -328,6 +332,15 @@ class Pipeline:
         # the sampler the model was published with: Kinema's own shifted schedule and Euler, or a
         # reference scheduler's exact schedule (Wan: UniPC or flow-matching Euler, with its shift)
         self.scheduler = {"method": "euler", **(scheduler or {})}
+        # "text": the text encoder lives in CPU memory and visits the device only to encode;
+        # "blocks": that, and the DiT's blocks stream to the device one at a time (dit.offload_blocks)
+        self.offload = offload
+        if offload != "none" and hasattr(text_encoder, "to"):
+            text_encoder.to("cpu")
+        if offload == "blocks":
+            from kinema.dit import offload_blocks
+
+            offload_blocks(dit, self.device)
         self.patch = tuple(dit.config.patch)
         self.temporal = vae.config.temporal_factor
         self.multiple = vae.config.spatial_factor * self.patch[1]
@@ -336,10 +349,16 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "world", device: str = "auto",
-                        dtype: torch.dtype | None = None) -> Pipeline:  # fmt: skip
+                        dtype: torch.dtype | str | None = None, offload: str = "none") -> Pipeline:  # fmt: skip
         """Load "world" (the shipped model), an export folder, a training run folder, or a diffusers
         Wan 2.1 folder (model_index.json; `kinema.models.wan`). dtype: the Wan weights' type in
-        memory (default float32; bfloat16 halves it)."""
+        memory (default float32; "bfloat16" or "float16" halve it). offload: "none", "text" (the
+        text encoder off the device except while it encodes) or "blocks" (that, and the DiT's
+        blocks streamed to the device one at a time): see the README's memory table."""
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise KinemaError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+            dtype = DTYPES[dtype]
         from kinema.models.wan import is_wan_folder, load_wan
 
         set_threads()
@@ -347,12 +366,19 @@ class Pipeline:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dev = torch.device(device)
         if is_wan_folder(name_or_path):
-            w = load_wan(name_or_path, device=dev, dtype=dtype)
+            w = load_wan(name_or_path, device="cpu" if offload != "none" else dev, dtype=dtype)
+            if offload == "text":
+                w.dit.to(dev)
+                w.vae.to(dev)
+            elif offload == "blocks":
+                w.vae.to(dev)
             return cls(w.dit, w.text_encoder, w.vae, defaults=w.defaults, name=str(name_or_path), device=dev,
-                       strategy=w.strategy, scheduler=w.scheduler)  # fmt: skip
+                       strategy=w.strategy, scheduler=w.scheduler, offload=offload)  # fmt: skip
         directory = resolve(name_or_path)
         spec = _read_json(directory / PIPELINE_FILE)
         dit = _load_dit(directory, spec, dev)
+        if dtype is not None:
+            dit = dit.to(dtype)
         text = _load_text(directory, str(spec.get("text_encoder", "builtin:.")), dev)
         vae = _load_vae(directory, str(spec.get("vae", "")), dev)
         if getattr(text, "dim", dit.config.text_dim) != dit.config.text_dim:
@@ -367,7 +393,8 @@ class Pipeline:
             trained_on_world = run_config.is_file() and _read_json(run_config).get("data") == "world"
             expand = str(name_or_path) == "world" or trained_on_world
         expand = expand in (True, "world")
-        return cls(dit, text, vae, expand=expand, defaults=spec.get("defaults"), name=str(name_or_path), device=dev)
+        return cls(dit, text, vae, expand=expand, defaults=spec.get("defaults"), name=str(name_or_path), device=dev,
+                   offload=offload)
 
     # ------------------------------------------------------------ prompts
 
@@ -426,9 +453,19 @@ class Pipeline:
 
     def _text(self, caption: str, negative: str, guidance: float) -> tuple[Tensor, Tensor]:
         rows = [caption] if guidance == 1.0 else [caption, negative]
-        with torch.inference_mode():
-            text, mask = self.text_encoder(rows)  # (R, L, D), (R, L)
-        return text.to(self.device), mask.to(self.device)
+        visit = self.offload != "none" and hasattr(self.text_encoder, "to")
+        if visit:  # encode on the device, then leave it before the DiT needs the memory
+            self.text_encoder.to(self.device)
+        try:
+            with torch.inference_mode():
+                text, mask = self.text_encoder(rows)  # (R, L, D), (R, L)
+            text, mask = text.to(self.device), mask.to(self.device)
+        finally:
+            if visit:
+                self.text_encoder.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return text, mask
 
     def sample(self, plan: Plan, caption: str, negative: str = "", *, steps: int, guidance: float, seed: int,
                method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Tensor:  # fmt: skip

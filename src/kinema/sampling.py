@@ -216,17 +216,24 @@ def make_model_fn(
     text_mask: Tensor,
     patch: Patch | None = None,
     autocast_dtype: torch.dtype | None = None,
+    batch_rows: bool | None = None,
 ) -> ModelFn:
     """A ModelFn over a DiT: latents (B, C, T, H, W) and per-frame times (B, T) -> velocity.
 
     text, text_mask: (R, L, D), (R, L) caption rows from a TextEncoder; batch row b reads
     caption row b. autocast_dtype: run the DiT under autocast (bf16 on a GPU); the result is fp32.
+    batch_rows: run the B rows (guidance's caption and negative caption) in one forward (default
+    on a GPU, where a larger batch fills the device) or one row at a time (default on a CPU: a
+    row of a video already keeps the cores busy, measured no slower, and the activations held at
+    once are halved).
     """
     patch = tuple(patch or dit.config.patch)
     dtype = next(dit.parameters()).dtype
     text = text.to(dtype)
+    if batch_rows is None:
+        batch_rows = text.device.type != "cpu"
 
-    def model_fn(x: Tensor, t: Tensor) -> Tensor:
+    def forward(x: Tensor, t: Tensor, rows: Tensor) -> Tensor:
         B, C, T, H, W = x.shape
         grid = grid_size(x.shape[1:], patch)
         _, h, w = grid
@@ -234,13 +241,18 @@ def make_model_fn(
         pos = positions(grid, device=x.device)  # (L, 3)
         t_tok = t.reshape(B, T // patch[0], patch[0]).amax(-1)  # (B, T'): a token is noisy if any frame is
         t_tok = t_tok.repeat_interleave(h * w, dim=1)  # (B, L)
-        rows = torch.arange(B, device=x.device)
         if autocast_dtype is not None:
             with torch.autocast(x.device.type, dtype=autocast_dtype):
                 v = dit(tokens, pos, t_tok, text, text_mask, text_doc=rows)  # (B, L, D)
         else:
             v = dit(tokens, pos, t_tok, text, text_mask, text_doc=rows)  # (B, L, D)
         return torch.stack([unpatchify(vi.float(), grid, patch) for vi in v])  # (B, C, T, H, W)
+
+    def model_fn(x: Tensor, t: Tensor) -> Tensor:
+        rows = torch.arange(x.shape[0], device=x.device)
+        if batch_rows or x.shape[0] == 1:
+            return forward(x, t, rows)
+        return torch.cat([forward(x[b : b + 1], t[b : b + 1], rows[b : b + 1]) for b in range(x.shape[0])])
 
     return model_fn
 

@@ -2,13 +2,14 @@
 
     rows = compare("wan2.1-1.3b", width=256, height=256, frames=17, dtype="bfloat16")
 
-Each side runs in a fresh process of its own, one after the other, so that its peak memory is
-its own and the two never share a core: load the weights, then denoising steps as the reference
-WanPipeline takes them (a conditional and an unconditional forward, guidance applied; Kinema
-batches the two rows in one forward), then a VAE decode of a latent of the asked size. The first
-step warms up and is not timed. Peak memory is the process's peak resident set during the steps
-(resp. the decode), after the load (Linux VmHWM, reset once the weights are in). The outputs of
-the first step (the guided velocity) and of the decode are compared between the sides.
+A denoising step is what the reference WanPipeline takes: a conditional and an unconditional
+forward, guidance applied (Kinema runs the two rows through its own `make_model_fn`). Seconds
+come from one process that holds both models and alternates their steps (after a warm-up step
+each), so that the machine's drift over minutes falls on both sides alike; the median of each
+side's steps is reported. Peak memory comes from a fresh process per side: load, then a step
+(resp. a VAE decode of a latent of the asked size), its peak resident set after the load
+(Linux VmHWM, reset once the weights are in). The outputs of that step (the guided velocity)
+and of the decode are compared between the sides.
 
 A named config (`wan2.1-1.3b`, `wan2.1-14b`, `tiny`) is built with random weights by the
 reference classes and saved once in a temporary folder in the asked dtype, so the bench needs no
@@ -114,6 +115,43 @@ def _rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _dit_step(side: str, folder: Path, dtype: torch.dtype, latent: list[int], g: float):
+    """(model, step(t) -> guided velocity (C, T, h, w) float32, load seconds) of one side."""
+    from kinema.sampling import get_noise
+
+    t0 = time.perf_counter()
+    if side == "reference":
+        model = _reference().WanTransformer3DModel.from_pretrained(str(folder / "transformer"), torch_dtype=dtype)
+        model = model.eval().requires_grad_(False)
+        C, text_dim = model.config.in_channels, model.config.text_dim
+    else:
+        from kinema.models.wan import load_wan_dit
+
+        model = load_wan_dit(folder / "transformer", dtype=dtype)
+        C, text_dim = model.config.in_channels, model.config.text_dim
+    load_s = time.perf_counter() - t0
+    T, h, w = latent
+    x = get_noise((C, T, h, w), 0)  # (C, T, h, w) float32, as the pipelines keep latents
+    text = get_noise((2, TEXT_TOKENS, text_dim), 1).to(dtype)  # rows: caption, negative caption
+    if side == "reference":
+
+        def step(t: float) -> torch.Tensor:
+            xi, ti = x[None].to(dtype), torch.tensor([t * 1000.0])
+            v_c = model(xi, ti, text[:1], return_dict=False)[0]
+            v_u = model(xi, ti, text[1:], return_dict=False)[0]
+            return (v_u + g * (v_c - v_u))[0].float()
+
+    else:
+        from kinema.sampling import guided_velocity, make_model_fn
+
+        model_fn = make_model_fn(model, text, torch.ones(2, TEXT_TOKENS, dtype=torch.bool), model.config.patch)
+
+        def step(t: float) -> torch.Tensor:
+            return guided_velocity(model_fn, x, torch.full((T,), t), g)
+
+    return model, step, load_s
+
+
 def _side(args: dict) -> dict:
     """Run one side ("kinema" or "reference") of one part ("dit" or "vae"); returns its figures."""
     from safetensors.torch import save_file
@@ -125,42 +163,25 @@ def _side(args: dict) -> dict:
     g = args["guidance"]
     t0 = time.perf_counter()
     if part == "dit":
-        if side == "reference":
-            model = _reference().WanTransformer3DModel.from_pretrained(str(folder / "transformer"), torch_dtype=dtype)
-            model = model.eval().requires_grad_(False)
-            C, text_dim, patch = model.config.in_channels, model.config.text_dim, tuple(model.config.patch_size)
-        else:
-            from kinema.models.wan import load_wan_dit
-
-            model = load_wan_dit(folder / "transformer", dtype=dtype)
-            C, text_dim, patch = model.config.in_channels, model.config.text_dim, model.config.patch
-        load_s = time.perf_counter() - t0
-        T, h, w = args["latent"]
-        x = get_noise((C, T, h, w), 0)  # (C, T, h, w) float32, as the pipelines keep latents
-        text = get_noise((2, TEXT_TOKENS, text_dim), 1).to(dtype)  # rows: caption, negative caption
-        times = [0.999, 0.95, 0.9, 0.85, 0.8, 0.75][: args["steps"] + 1]
+        model, step, load_s = _dit_step(side, folder, dtype, args["latent"], g)
         _rss_reset()
-        step_s, first = [], None
         with torch.inference_mode():
-            if side == "kinema":
-                from kinema.sampling import guided_velocity, make_model_fn
-
-                mask = torch.ones(2, TEXT_TOKENS, dtype=torch.bool)
-                model_fn = make_model_fn(model, text, mask, patch)
-            for t in times:
-                s = time.perf_counter()
-                if side == "reference":
-                    xi, ti = x[None].to(dtype), torch.tensor([t * 1000.0])
-                    v_c = model(xi, ti, text[:1], return_dict=False)[0]
-                    v_u = model(xi, ti, text[1:], return_dict=False)[0]
-                    v = (v_u + g * (v_c - v_u))[0].float()
-                else:
-                    v = guided_velocity(model_fn, x, torch.full((T,), t), g)
-                step_s.append(time.perf_counter() - s)
-                first = v if first is None else first
-        out = {"load_s": load_s, "step_s": step_s[1:], "peak_mib": _rss_peak_mib()}
-        save_file({"out": first.float().contiguous()}, args["out"])
-        return out
+            step(0.999)  # the warm-up step, whose peak counts: it allocates what every step does
+            v = step(0.95)
+        save_file({"out": v.float().contiguous()}, args["out"])
+        return {"load_s": load_s, "peak_mib": _rss_peak_mib()}
+    if part == "dit_time":  # both sides in this one process, their steps alternating
+        steps = {name: _dit_step(name, folder, dtype, args["latent"], g)[1] for name in ("reference", "kinema")}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        with torch.inference_mode():
+            for step in steps.values():
+                step(0.999)
+            for i in range(args["steps"]):
+                for name, step in steps.items():
+                    s = time.perf_counter()
+                    step(max(0.05, 0.95 - 0.05 * i))
+                    times[name].append(time.perf_counter() - s)
+        return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}  # medians
     # the VAE decode of a latent of the asked size
     if side == "reference":
         vae = _reference().AutoencoderKLWan.from_pretrained(str(folder / "vae"), torch_dtype=torch.float32).eval()
@@ -179,7 +200,7 @@ def _side(args: dict) -> dict:
         if side == "reference":
             y = vae.decode(z, return_dict=False)[0]
         else:
-            y = vae.decode(z, chunk=1)
+            y = vae.decode(z, chunk=1, tile=args.get("tile"))
     out = {"load_s": load_s, "decode_s": time.perf_counter() - s, "peak_mib": _rss_peak_mib()}
     save_file({"out": y.float().contiguous()}, args["out"])
     return out
@@ -223,7 +244,7 @@ def _row(part: str, measure: str, reference: float | None, kinema: float) -> dic
 
 def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, steps: int = 2,
             dtype: str = "bfloat16", guidance: float = 5.0, vae: bool = True, vae_frames: int | None = None,
-            vae_size: tuple[int, int] | None = None) -> list[dict]:  # fmt: skip
+            vae_size: tuple[int, int] | None = None, vae_tile: int | None = None) -> list[dict]:  # fmt: skip
     """Side-by-side rows: per denoising step, VAE decode; seconds, peak MiB, ratios, max |diff|."""
     from safetensors.torch import load_file
 
@@ -255,9 +276,11 @@ def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, s
                                guidance=guidance, out=out))  # fmt: skip
             outs[side] = load_file(out)["out"]
             rows.append(r)
-        flops = 2 * tokens * cfg.flops_per_token(tokens, TEXT_TOKENS)  # a step: two rows
         ref, kin = rows
-        ref_s, kin_s = sum(ref["step_s"]) / len(ref["step_s"]), sum(kin["step_s"]) / len(kin["step_s"])
+        secs = _run_side(dict(side="both", part="dit_time", folder=str(folder), dtype=dtype, latent=latent,
+                              steps=steps, guidance=guidance))  # fmt: skip
+        ref_s, kin_s = secs["reference"], secs["kinema"]
+        flops = 2 * tokens * cfg.flops_per_token(tokens, TEXT_TOKENS)  # a step: two rows
         step = f"DiT step, {dtype}, {width}x{height}x{frames} ({tokens} tokens), guidance"
         table = [
             _row(step, "seconds", ref_s, kin_s),
@@ -265,6 +288,7 @@ def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, s
             _row(step, "GFLOP/s", flops / ref_s / 1e9, flops / kin_s / 1e9),
             _row(step, f"GFLOP/s of a {dtype} matmul here", None, matmul_rate(getattr(torch, dtype))),
             _row(step, "max |v diff|", None, (outs["kinema"] - outs["reference"]).abs().max().item()),
+            _row(step, "max |v| (the scale)", None, outs["reference"].abs().max().item()),
         ]
         if vae:
             vf = vae_frames or frames
@@ -274,10 +298,10 @@ def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, s
             for side in ("reference", "kinema"):
                 out = str(tmp / f"{side}-vae.safetensors")
                 res[side] = _run_side(dict(side=side, part="vae", folder=str(folder), dtype="float32", latent=vlat,
-                                           steps=0, guidance=1.0, out=out))  # fmt: skip
+                                           steps=0, guidance=1.0, out=out, tile=vae_tile))  # fmt: skip
                 outs[side] = load_file(out)["out"]
             r, k = res["reference"], res["kinema"]
-            part = f"VAE decode, float32, {vw}x{vh}x{vf}"
+            part = f"VAE decode, float32, {vw}x{vh}x{vf}" + (f", Kinema in {vae_tile}-latent tiles" if vae_tile else "")
             table += [
                 _row(part, "seconds", r["decode_s"], k["decode_s"]),
                 _row(part, "peak MiB", r["peak_mib"], k["peak_mib"]),

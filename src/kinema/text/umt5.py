@@ -346,6 +346,11 @@ class WanTextEncoder:
         self.dim = self.encoder.config.d_model
         self.max_length = max_length
 
+    def to(self, device: str | torch.device) -> WanTextEncoder:
+        """Move the encoder's weights (e.g. off the GPU once the captions are encoded)."""
+        self.encoder.to(device)
+        return self
+
     def __call__(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         if isinstance(captions, str):
             raise KinemaError("the text encoder takes a list of captions, not one string")

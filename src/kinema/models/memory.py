@@ -1,0 +1,93 @@
+"""What sampling a Wan 2.1 model holds in accelerator memory: an estimate, term by term.
+
+    rows = wan_memory_table()        # the README's table: 1.3B and 14B, 480p and 720p, 81 frames
+
+The estimate (GiB = 2^30 bytes), for a video of T = 1 + (frames - 1) / 4 latent frames and
+N = T * (height / 16) * (width / 16) tokens, weights of b bytes (2 for bfloat16 / float16):
+
+    DiT weights          P_dit * b, exact (the model built on the meta device and counted);
+                         with block offload: the parameters outside the blocks + 2 blocks (the
+                         one running and the next arriving)
+    text encoder         umT5-XXL's encoder, 5.68e9 * b while it encodes; with offload "text" or
+                         "blocks" it has left the device before the DiT runs
+    DiT activations      rows * N * (6 D + 2 F) * b: inside one block at a time, the residual
+                         stream, its norm, q, k, v and the attention output (6 D a token) and the
+                         MLP's hidden and activated widths (2 F); flash attention keeps no N x N
+                         scores; rows = 2 with guidance in one batch (GPU default)
+    VAE decode           its weights (1.27e8 * 4, float32) + 4 live float32 tensors of 96
+                         channels x 4 frames at full resolution (the last up-block, one latent
+                         frame at a time) + the decoded video, frames * 3 * H * W * 4
+
+The peak is the largest of three phases: encoding the caption (text encoder + what of the DiT
+is on the device), denoising (DiT weights + activations + the VAE weights) and decoding (DiT
+weights unless offloaded + VAE decode). Framework overhead (CUDA context, allocator slack,
+about 0.5 - 1 GiB) is not in it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kinema.errors import KinemaError
+
+GIB = 2**30
+UMT5_XXL_ENCODER_PARAMS = 5.68e9
+WAN_VAE_PARAMS = 1.27e8
+SIZES = {"480p": (832, 480), "720p": (1280, 720)}
+
+
+def _dit_params(name: str) -> tuple[int, int, object]:
+    """(all parameters, parameters of one block, config) of a named Wan config, counted on meta."""
+    from kinema.dit import DiT
+    from kinema.models.compare import WAN_CONFIGS
+    from kinema.models.wan import wan_dit_config
+
+    if name not in WAN_CONFIGS:
+        raise KinemaError(f"unknown config {name!r}; choose from {', '.join(WAN_CONFIGS)}")
+    cfg = wan_dit_config({"text_dim": 4096, **WAN_CONFIGS[name]})
+    with torch.device("meta"):
+        dit = DiT(cfg)
+    total = sum(p.numel() for p in dit.parameters())
+    block = sum(p.numel() for p in dit.blocks[0].parameters())
+    return total, block, cfg
+
+
+def wan_sampling_memory(name: str, width: int, height: int, frames: int = 81, bytes_per_weight: int = 2,
+                        offload: str = "none", rows: int = 2) -> dict[str, float]:  # fmt: skip
+    """The estimate of the module doc, in GiB: each term and the peak."""
+    if offload not in ("none", "text", "blocks"):
+        raise KinemaError(f"offload must be none, text or blocks; got {offload!r}")
+    total, block, cfg = _dit_params(name)
+    b = bytes_per_weight
+    T = 1 + (frames - 1) // 4
+    tokens = T * math.ceil(height / 16) * math.ceil(width / 16)
+    dit_weights = (total - cfg.depth * block + 2 * block if offload == "blocks" else total) * b
+    text = UMT5_XXL_ENCODER_PARAMS * b
+    act = rows * tokens * (6 * cfg.hidden + 2 * cfg.mlp_hidden) * b
+    vae_weights = WAN_VAE_PARAMS * 4
+    vae_work = 4 * 96 * 4 * height * width * 4 + frames * 3 * height * width * 4
+    resident_text = text if offload == "none" else 0  # offloaded: it left after encoding
+    encode = text + dit_weights + vae_weights
+    denoise = dit_weights + act + vae_weights + resident_text
+    decode = dit_weights + vae_weights + vae_work + resident_text
+    terms = dict(dit_weights=dit_weights, text_encoder=text, activations=act, vae_decode=vae_weights + vae_work)
+    out = {k: v / GIB for k, v in terms.items()}
+    out.update(tokens=tokens, encode=encode / GIB, denoise=denoise / GIB, decode=decode / GIB)
+    out["peak"] = max(out["encode"], out["denoise"], out["decode"])
+    return out
+
+
+def wan_memory_table(frames: int = 81, gpus: tuple[int, ...] = (24, 48, 80)) -> list[dict]:
+    """Rows for 1.3B and 14B at 480p and 720p, bfloat16, each offload mode: peak and what fits."""
+    rows = []
+    for name in ("wan2.1-1.3b", "wan2.1-14b"):
+        for label, (w, h) in SIZES.items():
+            for offload in ("none", "text", "blocks"):
+                m = wan_sampling_memory(name, w, h, frames, 2, offload)
+                fits = [f"{g} GB" for g in gpus if m["peak"] * GIB <= g * 1e9 * 0.95]  # 5% for the framework
+                rows.append(dict(model=name, size=f"{label} ({w}x{h}x{frames})", offload=offload,
+                                 tokens=m["tokens"], peak_gib=round(m["peak"], 1),
+                                 fits=", ".join(fits) or "none of these"))  # fmt: skip
+    return rows
