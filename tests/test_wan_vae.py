@@ -230,3 +230,22 @@ def test_wrong_folders_are_kinema_errors(models, tmp_path):
         WanVAEConfig.from_diffusers({**config, "attn_scales": [1.0]})
     with pytest.raises(KinemaError, match="unknown keys"):
         WanVAEConfig.from_diffusers({**config, "new_flag": 1})
+
+
+def test_tiled_decode_goes_tile_major_and_equals_the_tiled_stream(tmp_path):
+    """decode(tile=...) runs one tile through the whole clip at a time (one tile's caches alive);
+    it gives the video that decode_stream's time-major tiles give."""
+    from kinema.vae import CausalVAE, VAEConfig
+
+    torch.manual_seed(0)
+    for vae in (CausalVAE(VAEConfig.tiny()).eval(), WanVAE(WanVAEConfig(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4))):
+        with torch.no_grad():
+            for p in vae.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        C = vae.config.latent_channels
+        z = torch.randn(1, C, 4, 10, 14)
+        with torch.inference_mode():
+            major = vae.decode(z, chunk=1, tile=6, overlap=2)
+            stream = torch.cat(list(vae.decode_stream(z, chunk=1, tile=6, overlap=2)), dim=2)
+        assert major.shape == stream.shape == (1, 3, 13, 80, 112)
+        assert (major - stream).abs().max().item() <= 1e-5

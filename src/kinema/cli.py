@@ -576,7 +576,8 @@ def bench_compare_cmd(
     steps: int = typer.Option(3, min=1, help="Timed denoising steps a side (their median is reported), the sides alternating, after one warm-up step each."),
     dtype: str = typer.Option("bfloat16", help="The DiT's dtype on both sides: float32, bfloat16 or float16."),
     guidance: float = typer.Option(5.0, help="Classifier-free guidance scale (two rows a step)."),
-    vae: bool = typer.Option(True, "--vae/--no-vae", help="Also compare a VAE decode."),
+    dit: bool = typer.Option(True, "--dit/--no-dit", help="Compare a DiT denoising step."),
+    vae: bool = typer.Option(True, "--vae/--no-vae", help="Compare a VAE decode."),
     vae_size: str = typer.Option(None, help="WIDTHxHEIGHT of the decode (default: --size)."),
     vae_frames: int = typer.Option(None, help="Pixel frames of the decode (default: --frames)."),
     vae_tile: int = typer.Option(None, help="Kinema decodes in spatial tiles of this many latent pixels (overlap blended); the reference untiled."),
@@ -585,7 +586,7 @@ def bench_compare_cmd(
     memory of a denoising step and of a VAE decode, their ratios, achieved GFLOP/s, max difference."""
     from kinema.models.compare import compare
 
-    print_table(compare(model, *parse_size(size), frames=frames, steps=steps, dtype=dtype, guidance=guidance, vae=vae,
+    print_table(compare(model, *parse_size(size), frames=frames, steps=steps, dtype=dtype, guidance=guidance, vae=vae, dit=dit,
                         vae_frames=vae_frames, vae_size=parse_size(vae_size) if vae_size else None,
                         vae_tile=vae_tile))  # fmt: skip
 

@@ -69,8 +69,8 @@ def _random_fill(module: torch.nn.Module, dtype: torch.dtype, seed: int) -> None
             p.data = x.to(dtype)
 
 
-def make_random_folder(name: str, root: Path, dtype: torch.dtype, seed: int = 0) -> Path:
-    """Save a named Wan config's transformer/ and vae/ with random weights under root."""
+def make_random_folder(name: str, root: Path, dtype: torch.dtype, seed: int = 0, transformer: bool = True) -> Path:
+    """Save a named Wan config's transformer/ (unless told not to) and vae/ with random weights under root."""
     d = _reference()
     if name not in WAN_CONFIGS:
         raise KinemaError(f"unknown config {name!r}; choose from {', '.join(WAN_CONFIGS)} or give a Wan folder")
@@ -82,11 +82,15 @@ def make_random_folder(name: str, root: Path, dtype: torch.dtype, seed: int = 0)
     if avail is not None and need > avail:
         raise KinemaError(f"{name} in {dtype} needs about {need / 2**30:.0f} GiB of memory for this bench; "
                           f"{avail / 2**30:.0f} GiB are free")  # fmt: skip
-    with torch.device("meta"):
-        tr = d.WanTransformer3DModel(**kw)
-    _random_fill(tr, dtype, seed)
-    tr.save_pretrained(str(root / "transformer"))
-    del tr
+    if transformer:
+        with torch.device("meta"):
+            tr = d.WanTransformer3DModel(**kw)
+        _random_fill(tr, dtype, seed)
+        tr.save_pretrained(str(root / "transformer"))
+        del tr
+    else:
+        (root / "transformer").mkdir(parents=True, exist_ok=True)
+        (root / "transformer" / "config.json").write_text(json.dumps(kw))
     vae = d.AutoencoderKLWan(**(TINY_VAE if name == "tiny" else WAN_VAE))
     _random_fill(vae, torch.float32, seed + 1)
     vae.save_pretrained(str(root / "vae"))
@@ -243,7 +247,7 @@ def _row(part: str, measure: str, reference: float | None, kinema: float) -> dic
 
 
 def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, steps: int = 2,
-            dtype: str = "bfloat16", guidance: float = 5.0, vae: bool = True, vae_frames: int | None = None,
+            dtype: str = "bfloat16", guidance: float = 5.0, vae: bool = True, dit: bool = True, vae_frames: int | None = None,
             vae_size: tuple[int, int] | None = None, vae_tile: int | None = None) -> list[dict]:  # fmt: skip
     """Side-by-side rows: per denoising step, VAE decode; seconds, peak MiB, ratios, max |diff|."""
     from safetensors.torch import load_file
@@ -265,31 +269,33 @@ def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, s
                 raise KinemaError(f"{model} is not a diffusers Wan folder (model_index.json)")
             folder = Path(model)
         else:
-            folder = make_random_folder(model, tmp / "model", getattr(torch, dtype))
-        cfg: DiTConfig = wan_dit_config(read_config(folder / "transformer"))
+            folder = make_random_folder(model, tmp / "model", getattr(torch, dtype), transformer=dit)
+        cfg: DiTConfig = wan_dit_config({"text_dim": 4096, **read_config(folder / "transformer")})
         latent = [1 + (frames - 1) // 4, height // 8, width // 8]
         tokens = latent[0] * (latent[1] // cfg.patch[1]) * (latent[2] // cfg.patch[2])
-        rows, outs = [], {}
-        for side in ("reference", "kinema"):
-            out = str(tmp / f"{side}-dit.safetensors")
-            r = _run_side(dict(side=side, part="dit", folder=str(folder), dtype=dtype, latent=latent, steps=steps,
-                               guidance=guidance, out=out))  # fmt: skip
-            outs[side] = load_file(out)["out"]
-            rows.append(r)
-        ref, kin = rows
-        secs = _run_side(dict(side="both", part="dit_time", folder=str(folder), dtype=dtype, latent=latent,
-                              steps=steps, guidance=guidance))  # fmt: skip
-        ref_s, kin_s = secs["reference"], secs["kinema"]
-        flops = 2 * tokens * cfg.flops_per_token(tokens, TEXT_TOKENS)  # a step: two rows
-        step = f"DiT step, {dtype}, {width}x{height}x{frames} ({tokens} tokens), guidance"
-        table = [
-            _row(step, "seconds", ref_s, kin_s),
-            _row(step, "peak MiB", ref["peak_mib"], kin["peak_mib"]),
-            _row(step, "GFLOP/s", flops / ref_s / 1e9, flops / kin_s / 1e9),
-            _row(step, f"GFLOP/s of a {dtype} matmul here", None, matmul_rate(getattr(torch, dtype))),
-            _row(step, "max |v diff|", None, (outs["kinema"] - outs["reference"]).abs().max().item()),
-            _row(step, "max |v| (the scale)", None, outs["reference"].abs().max().item()),
-        ]
+        table, outs = [], {}
+        if dit:
+            rows = []
+            for side in ("reference", "kinema"):
+                out = str(tmp / f"{side}-dit.safetensors")
+                r = _run_side(dict(side=side, part="dit", folder=str(folder), dtype=dtype, latent=latent, steps=steps,
+                                   guidance=guidance, out=out))  # fmt: skip
+                outs[side] = load_file(out)["out"]
+                rows.append(r)
+            ref, kin = rows
+            secs = _run_side(dict(side="both", part="dit_time", folder=str(folder), dtype=dtype, latent=latent,
+                                  steps=steps, guidance=guidance))  # fmt: skip
+            ref_s, kin_s = secs["reference"], secs["kinema"]
+            flops = 2 * tokens * cfg.flops_per_token(tokens, TEXT_TOKENS)  # a step: two rows
+            step = f"DiT step, {dtype}, {width}x{height}x{frames} ({tokens} tokens), guidance"
+            table += [
+                _row(step, "seconds", ref_s, kin_s),
+                _row(step, "peak MiB", ref["peak_mib"], kin["peak_mib"]),
+                _row(step, "GFLOP/s", flops / ref_s / 1e9, flops / kin_s / 1e9),
+                _row(step, f"GFLOP/s of a {dtype} matmul here", None, matmul_rate(getattr(torch, dtype))),
+                _row(step, "max |v diff|", None, (outs["kinema"] - outs["reference"]).abs().max().item()),
+                _row(step, "max |v| (the scale)", None, outs["reference"].abs().max().item()),
+            ]
         if vae:
             vf = vae_frames or frames
             vw, vh = vae_size or (width, height)

@@ -699,7 +699,27 @@ class VideoVAE(nn.Module):
         b, _, t, h, w = z.shape
         s = self.config.spatial_factor
         shape = (b, self.config.in_channels, self.config.num_frames(t), h * s, w * s)
-        return _gather(self.decode_stream(z, chunk=chunk, tile=tile, overlap=overlap), shape)
+        if tile is None:
+            return _gather(self.decode_stream(z, chunk=chunk, tile=tile, overlap=overlap), shape)
+        # Tile-major: each tile through the whole clip, then the next, so that only one tile's
+        # causal caches are alive (decode_stream goes time-major, all tiles' caches at once, to
+        # yield frames in order). The same per-tile results and blending, so the same video.
+        overlap = self._check_chunking(chunk, tile, overlap)
+        splits = self._splits(t, 1, chunk)
+        z = z.to(self.dtype)
+        out = weight = None
+        for h0, h1 in _tile_spans(h, tile, overlap):
+            for w0, w1 in _tile_spans(w, tile, overlap):
+                tile_shape = (*shape[:3], (h1 - h0) * s, (w1 - w0) * s)
+                piece = _gather(self._stream(self._decode_net, z[..., h0:h1, w0:w1], splits, None, 0, 1, s), tile_shape)
+                mask = (_ramp((h1 - h0) * s, overlap * s, h0 > 0, h1 < h)[:, None]
+                        * _ramp((w1 - w0) * s, overlap * s, w0 > 0, w1 < w)[None, :]).to(piece.device, piece.dtype)  # fmt: skip
+                if out is None:
+                    out, weight = piece.new_zeros(shape), piece.new_zeros(shape[-2:])
+                out[..., h0 * s : h1 * s, w0 * s : w1 * s] += piece * mask
+                weight[h0 * s : h1 * s, w0 * s : w1 * s] += mask
+                del piece
+        return out / weight
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
