@@ -147,8 +147,10 @@ def test_prompt_expansion(pipe):
 
 
 def test_bad_sizes_and_durations_raise(pipe, clip):
-    with pytest.raises(KinemaError, match="32x32"):
-        pipe.generate("x", width=30, height=32, **FAST)
+    with pytest.raises(KinemaError, match="positive whole numbers"):
+        pipe.generate("x", width=0, height=32, **FAST)
+    with pytest.raises(KinemaError, match="fit must be"):
+        pipe.animate(clip.frames[0], "x", width=32, height=32, fit="stretch", **FAST)
     tries = [
         lambda: pipe.generate("x", seconds=0, **SIZE, **FAST),
         lambda: pipe.extend(clip, "x", seconds=0, **FAST),
@@ -327,7 +329,7 @@ def test_cli_runs_every_task(model_dir, clip, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["generate", "x", "--size", "30x32"], ["multiples of 16", "32x32"]),
+        (["generate", "x", "--size", "0x32"], ["positive whole numbers"]),
         (["generate", "x", "--seconds", "0"], ["seconds"]),
         (["generate", "x", "--model", "no-such-model"], ["unknown model"]),
         (["animate", "NOT_AN_IMAGE", "x"], ["cannot read"]),
@@ -368,3 +370,78 @@ def test_eval_model_source_answers_any_suite_size(model_dir):
 
     frames = model_source(str(model_dir))("a red ball", 40, 20, 1.0, 8.0, 0)
     assert frames.shape == (9, 20, 40, 3) and frames.dtype == np.uint8
+
+
+# ---------------------------------------------------------------- any size
+
+
+ODD = [(97, 61), (30, 32), (48, 17)]
+
+
+@pytest.mark.parametrize("width,height", ODD)
+def test_every_task_gives_exactly_the_size_asked(pipe, clip, width, height):
+    kw = dict(width=width, height=height, **FAST)
+    assert pipe.generate("x", seconds=1, fps=8, **kw).frames.shape == (9, height, width, 3)
+    assert pipe.image("x", **kw).frames.shape == (1, height, width, 3)
+    assert pipe.loop("x", seconds=1.5, fps=8, **kw).frames.shape[1:3] == (height, width)
+    assert pipe.animate(clip.frames[0], "x", seconds=1, fps=8, **kw).frames.shape == (9, height, width, 3)
+    assert pipe.extend(clip, "x", seconds=0.5, **kw).frames.shape[1:3] == (height, width)
+    assert pipe.connect(clip, clip, "x", seconds=0.5, **kw).frames.shape[1:3] == (height, width)
+    assert pipe.edit(clip, "x", 0.5, **kw).frames.shape == (len(clip.frames), height, width, 3)
+    frames = pipe.long("x", 1.5, window=1.0, fps=8, **kw).frames
+    assert frames.shape[1:3] == (height, width)
+
+
+def test_a_size_off_the_grid_is_made_on_the_covering_grid_and_cropped(pipe):
+    """Never stretched: the odd-sized clip is the centre of the clip made on the covering grid."""
+    kw = dict(seconds=1, fps=8, seed=4, **FAST)
+    odd = pipe.generate("a red ball", width=40, height=20, **kw)
+    assert odd.notices == ("made on 48x32 (the model's 16-pixel grid) and cropped to 40x20",)
+    full = pipe.generate("a red ball", width=48, height=32, **kw)
+    assert full.notices == ()
+    assert torch.equal(odd.frames, full.frames[:, 6:26, 4:44])
+
+
+def test_inputs_keep_their_own_size_or_are_fitted(pipe):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (61, 97, 3), dtype=np.uint8)
+    own = pipe.animate(image, "x", seconds=1, fps=8, **FAST)
+    assert own.frames.shape == (9, 61, 97, 3) and not any("fitted" in n for n in own.notices)
+    cover = pipe.animate(image, "x", width=32, height=32, seconds=1, fps=8, **FAST)
+    assert cover.frames.shape == (9, 32, 32, 3)
+    assert cover.notices[0] == "fitted the 97x61 input to 32x32 (scaled to cover, centre-cropped)"
+    pad = pipe.animate(image, "x", width=32, height=32, seconds=1, fps=8, fit="pad", **FAST)
+    assert "letterboxed" in pad.notices[0]
+    # letterboxed: the bars above and below the scaled image are black in the given first frame
+    from kinema.pipeline import fit_frames
+
+    bars = fit_frames(torch.from_numpy(image)[None], 32, 32, "pad")[0]
+    assert bars[:6].max() == 0 and bars[-6:].max() == 0 and bars[8:24].float().mean() > 50
+
+
+def test_a_1920x1080_image_comes_out_whole(pipe):
+    out = pipe.image("a red ball on green grass", width=1920, height=1080, steps=1, progress=False)
+    assert out.frames.shape == (1, 1080, 1920, 3)
+    assert out.notices == ("made on 1920x1088 (the model's 16-pixel grid) and cropped to 1920x1080",)
+
+
+def test_cli_prints_the_size_notice_and_writes_an_odd_size(model_dir, tmp_path, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "a red ball", "--size", "40x20", "--seconds", 1,
+                             "--fps", 8, "--steps", 2, "--model", model_dir, "--out", tmp_path / "odd.webm")  # fmt: skip
+    assert code == 0, err
+    assert "note: made on 48x32" in out
+    assert read_video(tmp_path / "odd.webm").frames.shape[1:3] == (20, 40)
+
+
+def test_prompt_notices_reach_the_output_and_the_cli(model_dir, pipe, tmp_path, monkeypatch, capsys):
+    out = pipe.generate("a fluffy crimson orb plummets onto the sand", width=40, height=24, seconds=1, fps=8,
+                        expand=True, **FAST)  # fmt: skip
+    assert any("fluffy" in n for n in out.notices) and any("'crimson' as 'red'" in n for n in out.notices)
+    assert any("cropped to 40x24" in n for n in out.notices)
+    with pytest.raises(KinemaError, match="does not know .zzz.*it knows colours"):
+        pipe.generate("zzz qqq", expand=True, **SIZE, **FAST)
+    code, text, err = run_cli(monkeypatch, capsys, "generate", "a fluffy orb drops onto the sand", "--size", "32x32",
+                              "--seconds", 1, "--fps", 8, "--steps", 2, "--model", model_dir, "--expand",
+                              "--out", tmp_path / "a.mp4")  # fmt: skip
+    assert code == 0, err
+    assert "note: " in text and "fluffy" in text

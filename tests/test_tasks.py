@@ -16,12 +16,14 @@ def latent(frames: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(C, frames, H, W, generator=torch.Generator().manual_seed(seed))
 
 
-def test_sizes_must_be_multiples_of_16_and_the_error_names_the_nearest():
+def test_any_positive_size_is_accepted_and_covered_by_the_grid():
     assert tasks.check_size(160, 96) == (160, 96)
-    with pytest.raises(KinemaError, match="160x96"):
-        tasks.check_size(160, 90)
-    with pytest.raises(KinemaError, match="16x16"):
-        tasks.check_size(8, 8)
+    assert tasks.check_size(97, 61) == (97, 61)  # any size: the pipeline crops it from the grid
+    with pytest.raises(KinemaError, match="positive"):
+        tasks.check_size(0, 8)
+    assert tasks.covering_size(160, 96) == (160, 96)
+    assert tasks.covering_size(1920, 1080) == (1920, 1088)
+    assert tasks.covering_size(97, 61, 32) == (128, 64)
 
 
 def test_durations_become_one_plus_4k_frames():

@@ -44,7 +44,9 @@ def parse_size(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------- generate and edit (kinema.pipeline)
 
 _MODEL = typer.Option("world", "--model", help="'world' (the shipped model) or a model folder: an export, a training run, or a diffusers Wan 2.1 folder (model_index.json).")
-_SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, multiples of 16 (default: the model's; 128x128 for world).")
+_SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, any size: made on the model's grid and cropped back (default: the model's; 128x128 for world).")
+_INPUT_SIZE = typer.Option(None, "--size", help="WIDTHxHEIGHT to fit the input to (default: the input's own size).")
+_FIT = typer.Option("cover", help="How an input is fitted to --size: cover (scale to cover, centre-crop) or pad (scale to fit, letterbox).")
 _SECONDS = typer.Option(None, help="Duration in seconds (default: the model's; 2).")
 _FPS = typer.Option(None, help="Frames per second (default: the model's; 12).")
 _STEPS = typer.Option(None, help="Sampling steps (default: the model's; 30).")
@@ -93,6 +95,8 @@ def _write(result, out: Path) -> None:
 
     path = write_video(out, result.frames, result.fps)
     T, H, W, _ = result.frames.shape
+    for note in result.notices:
+        typer.echo(f"note: {note}")
     typer.echo(f"caption: {result.caption}")
     typer.echo(f"wrote {path} ({T} frames, {W}x{H} @ {result.fps:g} fps)")
 
@@ -113,6 +117,8 @@ def generate_cmd(
               expand=expand, method=sampler)  # fmt: skip
     if window is not None:
         result = pipe.long(prompt, seconds if seconds is not None else pipe.defaults["seconds"], window, out=out, **kw)
+        for note in result.notices:
+            typer.echo(f"note: {note}")
         typer.echo(f"caption: {result.caption}")
         typer.echo(f"wrote {result.path}")
         return
@@ -140,7 +146,7 @@ def animate_cmd(
     prompt: str = typer.Argument(..., help="What happens next."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
     seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, fit: str = _FIT,
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Image -> video: the image is the first frame (default size: the image's)."""
@@ -148,7 +154,7 @@ def animate_cmd(
     source = _read_media(image)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.animate(source, prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
-                        negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
+                        negative_prompt=negative, expand=expand, method=sampler, fit=fit), out)  # fmt: skip
 
 
 @app.command("extend")
@@ -160,16 +166,17 @@ def extend_cmd(
     fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD, out: Path = _VIDEO_OUT,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Extend a video forward or backward in time."""
     if direction not in ("forward", "backward"):
         raise KinemaError(f"--direction must be forward or backward; got {direction!r}")
-    _early_checks(None, seconds, fps, out)
+    width, height = _early_checks(size, seconds, fps, out)
     source = _read_media(video, fps)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.extend(source, prompt, direction, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
-                       negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
+                       negative_prompt=negative, expand=expand, method=sampler, width=width, height=height,
+                       fit=fit), out)  # fmt: skip
 
 
 @app.command("loop")
@@ -190,21 +197,22 @@ def loop_cmd(
 @app.command("connect")
 def connect_cmd(
     a: Path = typer.Argument(..., help="First video."),
-    b: Path = typer.Argument(..., help="Second video (scaled and cropped to the first's size)."),
+    b: Path = typer.Argument(..., help="Second video (fitted to the first's size, see --fit)."),
     prompt: str = typer.Argument(..., help="What happens in between."),
     seconds: float = typer.Option(None, help="Seconds of frames between them (default: the model's; 2)."),
     fps: float = typer.Option(None, help="Read both videos at this rate (default: the first's)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD, out: Path = _VIDEO_OUT,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Connect two videos: A, generated frames from A's end to B's start, B."""
-    _early_checks(None, seconds, fps, out)
+    width, height = _early_checks(size, seconds, fps, out)
     first = _read_media(a, fps)
     second = _read_media(b, first.fps)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.connect(first, second, prompt, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
-                        negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
+                        negative_prompt=negative, expand=expand, method=sampler, width=width, height=height,
+                        fit=fit), out)  # fmt: skip
 
 
 @app.command("edit")
@@ -215,16 +223,16 @@ def edit_cmd(
     fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD, out: Path = _VIDEO_OUT,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """SDEdit video -> video: the input noised to STRENGTH, then made again under the new prompt."""
     if not 0.0 <= strength <= 1.0:
         raise KinemaError(f"--strength must be in [0, 1]; got {strength}")
-    _early_checks(None, None, fps, out, still=True)
+    width, height = _early_checks(size, None, fps, out, still=True)
     source = _read_media(video, fps)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.edit(source, prompt, strength, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
-                     expand=expand, method=sampler), out)  # fmt: skip
+                     expand=expand, method=sampler, width=width, height=height, fit=fit), out)  # fmt: skip
 
 
 # ---------------------------------------------------------------- world
@@ -240,12 +248,14 @@ def world_render(
 ) -> None:
     """Render a Kinema World clip from a prompt, with its captions and ground truth."""
     from kinema.world.render import render
-    from kinema.world.text import spec_from_prompt
+    from kinema.world.text import spec_with_notices
 
     width, height = parse_size(size)
-    spec = spec_from_prompt(prompt, seed)
+    spec, notices = spec_with_notices(prompt, seed)
     clip = render(spec, width, height, seconds=seconds, fps=fps, seed=seed)
     video_path, json_path = clip.save(out)
+    for note in notices:
+        typer.echo(f"note: {note}")
     typer.echo(f"caption: {clip.caption}")
     typer.echo(f"wrote {video_path} ({clip.frames.shape[0]} frames, {width}x{height} @ {fps:g} fps) and {json_path}")
 

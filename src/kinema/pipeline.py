@@ -21,10 +21,13 @@ world captions: on by default for "world" and for runs whose config says data=wo
 pipeline.json says "expand": "world". Pass expand=False to use the prompt as it is. The
 negative prompt (default "", the unconditional input) is never expanded.
 
-Sizes. The model makes widths and heights that are multiples of 16 pixels (the VAE's 8 x the
-patch's 2); other sizes asked for raise KinemaError naming the nearest valid one. Input images
-and videos of other sizes are padded by edge replication up to the next multiple and the
-output is cropped back, so it has the input's size. Durations become 1 + 4k frames, k >= 1.
+Sizes. Any width x height is made exactly: the model samples the smallest grid that covers it
+(sides multiples of its pixels per token, 16 for the world model and Wan 2.1:
+`tasks.covering_size`, the one size rule) and the centre is kept, never stretched; the output's
+`notices` say so. Input images and videos keep their own size unless width / height are given:
+then they are fitted to it, scaled to cover and centre-cropped (fit="cover") or scaled to fit
+inside and letterboxed (fit="pad"). Inside, frames are padded by edge replication up to the grid
+and the output is cropped back. Durations become 1 + 4k frames, k >= 1.
 
 Weights. A model folder holds pipeline.json (written by `train.dit.export_weights`):
 {"dit", "dit_config", "text_encoder", "vae"}, optionally "expand" and "defaults" (width,
@@ -88,6 +91,7 @@ class Output:
     latent:  the last latent the sampler made (normalized, (C, T, H, W)), for checks and chaining
     plan:    the plan it was sampled from
     path:    the file written (`long` with out=...)
+    notices: what was changed from the request, one sentence each (size fitting, prompt reading)
     """
 
     video: Video | None
@@ -95,6 +99,7 @@ class Output:
     latent: Tensor | None = None
     plan: Plan | None = None
     path: Path | None = None
+    notices: tuple[str, ...] = ()
 
     @property
     def frames(self) -> Tensor:
@@ -245,17 +250,28 @@ def as_video(media: Media, fps: float | None = None) -> Video:
     return Video(x[None] if x.ndim == 3 else x, float(fps or DEFAULT_FPS))
 
 
-def fit(frames: Tensor, width: int, height: int) -> Tensor:
-    """uint8 (T, H, W, 3) scaled to cover width x height, then centre-cropped to it."""
+FITS = ("cover", "pad")
+
+
+def fit_frames(frames: Tensor, width: int, height: int, mode: str = "cover") -> Tensor:
+    """uint8 (T, H, W, 3) made width x height without stretching: "cover" scales it to cover the
+    size and crops the centre; "pad" scales it to fit inside and letterboxes it (black bars)."""
+    if mode not in FITS:
+        raise KinemaError(f"fit must be one of {', '.join(FITS)}; got {mode!r}")
     T, H, W, _ = frames.shape
     if (H, W) == (height, width):
         return frames
-    s = max(width / W, height / H)
-    h, w = max(height, round(H * s)), max(width, round(W * s))
+    s = max(width / W, height / H) if mode == "cover" else min(width / W, height / H)
+    h, w = round(H * s), round(W * s)
+    h, w = (max(height, h), max(width, w)) if mode == "cover" else (max(1, min(height, h)), max(1, min(width, w)))
     x = rearrange(frames, "t h w c -> t c h w").float()
     x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (h - height) // 2, (w - width) // 2
-    x = x[..., top : top + height, left : left + width]
+    if mode == "cover":
+        top, left = (h - height) // 2, (w - width) // 2
+        x = x[..., top : top + height, left : left + width]
+    else:
+        top, left = (height - h) // 2, (width - w) // 2
+        x = F.pad(x, (left, width - w - left, top, height - h - top))  # zeros: black bars
     return rearrange(x.round_().clamp_(0, 255).to(torch.uint8), "t c h w -> t h w c").contiguous()
 
 
@@ -400,13 +416,19 @@ class Pipeline:
 
     def caption(self, prompt: str, seed: int = 0, expand: bool | None = None) -> str:
         """The caption the model reads: the prompt, expanded by the world grammar when asked."""
+        return self._read_prompt(prompt, seed, expand)[0]
+
+    def _read_prompt(self, prompt: str, seed: int = 0, expand: bool | None = None) -> tuple[str, tuple[str, ...]]:
+        """(caption, notices): the world grammar keeps what it can draw and says what it read
+        otherwise or left out; only a prompt with nothing drawable is an error."""
         if not isinstance(prompt, str):
             raise KinemaError("the prompt must be a string")
         if self.expand if expand is None else expand:
-            from kinema.world.text import expand as grammar
+            from kinema.world.text import expand_prompt
 
-            return grammar(prompt, seed)
-        return prompt
+            caption, notices = expand_prompt(prompt, seed)
+            return caption, tuple(notices)
+        return prompt, ()
 
     # ------------------------------------------------------------ pieces every task shares
 
@@ -422,6 +444,14 @@ class Pipeline:
         w = int(self.defaults["width"] if width is None else width)
         h = int(self.defaults["height"] if height is None else height)
         return tasks.check_size(w, h, self.multiple)
+
+    def _grid(self, width: int, height: int) -> tuple[int, int, tuple[int, int, int, int], tuple[str, ...]]:
+        """The size rule for a requested width x height: (grid width, grid height, the centre
+        crop box back to the request, the notice saying so if the grid is larger)."""
+        W, H = tasks.covering_size(width, height, self.multiple)
+        note = () if (W, H) == (width, height) else (
+            f"made on {W}x{H} (the model's {self.multiple}-pixel grid) and cropped to {width}x{height}",)
+        return W, H, _pad_box(height, width, self.multiple), note
 
     def _frames_for(self, seconds: float, fps: float, minimum: int = 2) -> int:
         return tasks.latent_frames_for(seconds, fps, self.temporal, minimum)
@@ -486,17 +516,25 @@ class Pipeline:
                        solver_order=int(sched.get("solver_order", 2)),
                        shift_scale=float(self.defaults["shift_scale"]))  # fmt: skip
 
-    def _media(self, media: Media, fps: float | None, width: int | None, height: int | None):
-        """Input frames at the working size: (padded frames, fps, crop box)."""
+    def _media(self, media: Media, fps: float | None, width: int | None, height: int | None,
+               fit_mode: str = "cover") -> tuple[Tensor, float, tuple[int, int, int, int], tuple[str, ...]]:  # fmt: skip
+        """Input frames at the working size: (frames padded to the grid, fps, crop box, notices).
+        Kept at their own size unless width / height are given: then fitted to it (`fit`)."""
+        if fit_mode not in FITS:
+            raise KinemaError(f"fit must be one of {', '.join(FITS)}; got {fit_mode!r}")
         video = as_video(media, fps)
         frames = video.frames
+        notes: tuple[str, ...] = ()
         if width is not None or height is not None:
             w = frames.shape[2] if width is None else width
             h = frames.shape[1] if height is None else height
             w, h = self._size(w, h)
-            frames = fit(frames, w, h)
-        box = _pad_box(frames.shape[1], frames.shape[2], self.multiple)
-        return pad_frames(frames, box), float(fps or video.fps), box
+            if (w, h) != (frames.shape[2], frames.shape[1]):
+                how = "scaled to cover, centre-cropped" if fit_mode == "cover" else "scaled to fit, letterboxed"
+                notes = (f"fitted the {frames.shape[2]}x{frames.shape[1]} input to {w}x{h} ({how})",)
+            frames = fit_frames(frames, w, h, fit_mode)
+        *_, box, grid_note = self._grid(frames.shape[2], frames.shape[1])
+        return pad_frames(frames, box), float(fps or video.fps), box, notes + grid_note
 
     def _tail(self, frames: Tensor, k: int) -> tuple[Tensor, int]:
         """Tail context latents (C, k, h, w) of padded frames; k shrinks to what the clip holds."""
@@ -518,56 +556,59 @@ class Pipeline:
                  fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                  negative_prompt: str = "", expand: bool | None = None, method: str | None = None,
                  progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
-        """Text -> video of width x height (multiples of 16) and about seconds * fps frames (1 + 4k)."""
+        """Text -> video of exactly width x height and about seconds * fps frames (1 + 4k)."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
-        w, h = self._size(width, height)
+        W, H, box, notes = self._grid(*self._size(width, height))
         T = self._frames_for(s["seconds"], s["fps"])
-        caption = self.caption(prompt, seed, expand)
-        plan = tasks.text_to_video(self.dit.config.in_channels, T, *self._latent_hw(w, h))
+        caption, said = self._read_prompt(prompt, seed, expand)
+        plan = tasks.text_to_video(self.dit.config.in_channels, T, *self._latent_hw(W, H))
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
-        return Output(Video(self.decode(z), float(s["fps"])), caption, z, plan)
+        return Output(Video(crop_frames(self.decode(z), box), float(s["fps"])), caption, z, plan, notices=said + notes)
 
     def image(self, prompt: str, width: int | None = None, height: int | None = None, steps: int | None = None,
               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
               method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """Text -> image: one latent frame, one pixel frame."""
         s = self._settings(steps=steps, guidance=guidance, fps=None)
-        w, h = self._size(width, height)
-        caption = self.caption(prompt, seed, expand)
-        plan = tasks.text_to_image(self.dit.config.in_channels, *self._latent_hw(w, h))
+        W, H, box, notes = self._grid(*self._size(width, height))
+        caption, said = self._read_prompt(prompt, seed, expand)
+        plan = tasks.text_to_image(self.dit.config.in_channels, *self._latent_hw(W, H))
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
-        return Output(Video(self.decode(z), float(s["fps"])), caption, z, plan)
+        return Output(Video(crop_frames(self.decode(z), box), float(s["fps"])), caption, z, plan, notices=said + notes)
 
     def animate(self, image: Media, prompt: str, width: int | None = None, height: int | None = None,
                 seconds: float | None = None, fps: float | None = None, steps: int | None = None,
                 guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
-                method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+                method: str | None = None, progress: bool = True, callback: Callable | None = None,
+                fit: str = "cover") -> Output:  # fmt: skip
         """Image -> video: latent frame 0 pinned to the encoded image (the first frame of a
-        video file). The output has the image's size, or width x height (scaled and cropped)."""
+        video file). The output has the image's size, or width x height (fitted: `fit`)."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
         T = self._frames_for(s["seconds"], s["fps"])
-        frames, _, box = self._media(image, None, width, height)
-        caption = self.caption(prompt, seed, expand)
+        frames, _, box, notes = self._media(image, None, width, height, fit)
+        caption, said = self._read_prompt(prompt, seed, expand)
         plan = tasks.image_to_video(self.encode(frames[:1]), T)
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
-        return Output(Video(crop_frames(self.decode(z), box), float(s["fps"])), caption, z, plan)
+        return Output(Video(crop_frames(self.decode(z), box), float(s["fps"])), caption, z, plan, notices=said + notes)
 
     def extend(self, video: Media, prompt: str, direction: str = "forward", seconds: float | None = None,
                fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, method: str | None = None,
-               progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
+               progress: bool = True, callback: Callable | None = None, width: int | None = None,
+               height: int | None = None, fit: str = "cover") -> Output:  # fmt: skip
         """About `seconds` of new frames after (forward) or before (backward) the video, which is
         kept whole. `context` latent frames of it are pinned (1 + 4(k - 1) frames forward, 1 + 4k
-        backward). fps: read the video at this rate (default: its own)."""
+        backward). fps: read the video at this rate (default: its own). width / height: fit the
+        video to this size first (default: its own size)."""
         if direction not in ("forward", "backward"):
             raise KinemaError(f"direction must be forward or backward; got {direction!r}")
-        frames, rate, box = self._media(video, fps, None, None)
+        frames, rate, box, notes = self._media(video, fps, width, height, fit)
         s = self._settings(seconds=seconds, steps=steps, guidance=guidance)
         n = self._new_latents(s["seconds"], rate)  # 4n new pixel frames
-        caption = self.caption(prompt, seed, expand)
+        caption, said = self._read_prompt(prompt, seed, expand)
         if direction == "forward":
             ctx, k = self._tail(frames, context)
             plan, task = tasks.extend_forward(ctx, n), "extend_forward"
@@ -579,27 +620,33 @@ class Pipeline:
         edge = dict(before=frames[-1]) if direction == "forward" else dict(after=frames[0])
         new = match_seams(self.decode(z), tasks.new_frames(task, plan, k, k, self.temporal), **edge)
         whole = torch.cat([frames, new] if direction == "forward" else [new, frames])
-        return Output(Video(crop_frames(whole, box), rate), caption, z, plan)
+        return Output(Video(crop_frames(whole, box), rate), caption, z, plan, notices=said + notes)
 
     def connect(self, a: Media, b: Media, prompt: str, seconds: float | None = None, fps: float | None = None,
                 steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
                 expand: bool | None = None, context: int = CONTEXT, method: str | None = None, progress: bool = True,
-                callback: Callable | None = None) -> Output:  # fmt: skip
+                callback: Callable | None = None, width: int | None = None, height: int | None = None,
+                fit: str = "cover") -> Output:  # fmt: skip
         """A, then about `seconds` of frames that lead from A's end into B's start, then B.
-        B is read at A's rate and scaled and cropped to A's size."""
-        fa, rate, box = self._media(a, fps, None, None)
+        A keeps its size unless width / height are given (then it is fitted: `fit`); B is read
+        at A's rate and fitted to A's size the same way."""
+        fa, rate, box, notes = self._media(a, fps, width, height, fit)
         vb = as_video(b, rate)
-        fb = pad_frames(fit(vb.frames, fa.shape[2] - box[2] - box[3], fa.shape[1] - box[0] - box[1]), box)
+        size = (fa.shape[2] - box[2] - box[3], fa.shape[1] - box[0] - box[1])
+        if tuple(vb.frames.shape[2:0:-1]) != size:
+            notes += (f"fitted the second clip ({vb.frames.shape[2]}x{vb.frames.shape[1]}) to {size[0]}x{size[1]}",)
+        fb = pad_frames(fit_frames(vb.frames, *size, fit), box)
         s = self._settings(seconds=seconds, steps=steps, guidance=guidance)
         m = self._new_latents(s["seconds"], rate)  # 4m - 1 new pixel frames
-        caption = self.caption(prompt, seed, expand)
+        caption, said = self._read_prompt(prompt, seed, expand)
         tail, ka = self._tail(fa, context)
         head, kb = self._head(fb, context)
         plan = tasks.connect(tail, head, m)
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
         middle = match_seams(self.decode(z), tasks.new_frames("connect", plan, ka, kb, self.temporal), fa[-1], fb[0])
-        return Output(Video(crop_frames(torch.cat([fa, middle, fb]), box), rate), caption, z, plan)
+        whole = crop_frames(torch.cat([fa, middle, fb]), box)
+        return Output(Video(whole, rate), caption, z, plan, notices=said + notes)
 
     def loop(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
              fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
@@ -610,12 +657,12 @@ class Pipeline:
         The output's plan and latent are the bridge's: its first latents are the clip's tail
         context, its last latents the clip's head context."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
-        w, h = self._size(width, height)
+        W, H, box, notes = self._grid(*self._size(width, height))
         K = max(3, self._new_latents(s["seconds"], s["fps"]))
         m = min(K - 2, max(1, round(K * bridge)))  # bridge latents; the clip keeps at least 3
-        caption = self.caption(prompt, seed, expand)
+        caption, said = self._read_prompt(prompt, seed, expand)
         kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress, callback=callback)
-        first = tasks.text_to_video(self.dit.config.in_channels, K - m + 1, *self._latent_hw(w, h))
+        first = tasks.text_to_video(self.dit.config.in_channels, K - m + 1, *self._latent_hw(W, H))
         clip = self.decode(self.sample(first, caption, negative_prompt, seed=seed, **kw))  # 1 + 4(K - m) frames
         tail, ka = self._tail(clip, context)
         head, kb = self._head(clip, context)
@@ -623,26 +670,29 @@ class Pipeline:
         z = self.sample(plan, caption, negative_prompt, seed=seed + 1, **kw)
         middle = match_seams(self.decode(z), tasks.new_frames("connect", plan, ka, kb, self.temporal),
                              clip[-1], clip[0])  # 4m - 1 frames  # fmt: skip
-        return Output(Video(torch.cat([clip, middle]), float(s["fps"])), caption, z, plan)
+        return Output(Video(crop_frames(torch.cat([clip, middle]), box), float(s["fps"])), caption, z, plan,
+                      notices=said + notes)
 
     def edit(self, video: Media, prompt: str, strength: float = 0.6, fps: float | None = None,
              steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
              expand: bool | None = None, method: str | None = None, progress: bool = True,
-             callback: Callable | None = None) -> Output:  # fmt: skip
+             callback: Callable | None = None, width: int | None = None, height: int | None = None,
+             fit: str = "cover") -> Output:  # fmt: skip
         """SDEdit: the video's latent noised to t = strength, then sampled under the new prompt.
         strength 0 gives the VAE reconstruction of the input; 1 ignores the input. The output has
-        the input's size and frame count (padded to 1 + 4k frames inside, cropped back)."""
+        the input's size (or width x height: fitted, `fit`) and frame count (padded to 1 + 4k
+        frames inside, cropped back)."""
         if not 0.0 <= float(strength) <= 1.0:
             raise KinemaError(f"strength must be in [0, 1]; got {strength}")
-        frames, rate, box = self._media(video, fps, None, None)
+        frames, rate, box, notes = self._media(video, fps, width, height, fit)
         T = len(frames)
         padded = pad_frames(frames, (0, 0, 0, 0), time_to=1 + -(-(T - 1) // self.temporal) * self.temporal)
         s = self._settings(steps=steps, guidance=guidance)
-        caption = self.caption(prompt, seed, expand)
+        caption, said = self._read_prompt(prompt, seed, expand)
         plan = tasks.sdedit(self.encode(padded), float(strength))
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
-        return Output(Video(crop_frames(self.decode(z)[:T], box), rate), caption, z, plan)
+        return Output(Video(crop_frames(self.decode(z)[:T], box), rate), caption, z, plan, notices=said + notes)
 
     def long_windows(self, prompt: str, seconds: float, window: float = 2.0, width: int | None = None,
                      height: int | None = None, fps: float | None = None, steps: int | None = None,
@@ -653,13 +703,13 @@ class Pipeline:
         forward extension of the same size from the last frames made. Window w uses seed + w.
         Nothing is kept from one window to the next but `context` latents' worth of pixel frames."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
-        w, h = self._size(width, height)
+        Wd, Ht, box, _ = self._grid(*self._size(width, height))
         total = tasks.pixel_frames(self._frames_for(s["seconds"], s["fps"]), self.temporal)
         W = self._frames_for(window, s["fps"])
         k = max(1, min(context, W - 1))
-        caption = self.caption(prompt, seed, expand)
+        caption, _ = self._read_prompt(prompt, seed, expand)
         kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress)
-        plan = tasks.text_to_video(self.dit.config.in_channels, W, *self._latent_hw(w, h))
+        plan = tasks.text_to_video(self.dit.config.in_channels, W, *self._latent_hw(Wd, Ht))
         frames = self.decode(self.sample(plan, caption, negative_prompt, seed=seed, **kw))
         span = tasks.tail_span(k, self.temporal)
         done, index, recent = 0, 0, frames[:0]
@@ -668,7 +718,7 @@ class Pipeline:
             done += len(frames)
             recent = torch.cat([recent, frames])[-span:] if done < total else recent[:0]  # the next context
             held = plan.frames + (k if index else 0)  # this window's latent (+ the context it was pinned to)
-            yield Window(index, frames, held, len(recent))
+            yield Window(index, crop_frames(frames, box), held, len(recent))
             if done >= total:
                 return
             index += 1
@@ -685,14 +735,15 @@ class Pipeline:
         .webm) each window's frames are encoded to the file as soon as they are made, so memory
         does not grow with the length; without it the frames are returned."""
         fps = float(kw.get("fps") or self.defaults["fps"])
-        caption = self.caption(prompt, kw.get("seed", 0), kw.get("expand"))
+        caption, said = self._read_prompt(prompt, kw.get("seed", 0), kw.get("expand"))
+        notes = self._grid(*self._size(kw.get("width"), kw.get("height")))[3]
         if out is None:
             frames = torch.cat([win.frames for win in self.long_windows(prompt, seconds, window, **kw)])
-            return Output(Video(frames, fps), caption)
+            return Output(Video(frames, fps), caption, notices=said + notes)
         with StreamWriter(out, fps) as writer:
             for win in self.long_windows(prompt, seconds, window, **kw):
                 writer.write(win.frames)
-        return Output(None, caption, path=Path(out))
+        return Output(None, caption, path=Path(out), notices=said + notes)
 
 
 # ---------------------------------------------------------------- writing a long video
@@ -742,13 +793,17 @@ class StreamWriter:
         cc.color_range = 1  # limited
 
     def write(self, frames: Tensor) -> None:
-        """Append uint8 frames (T, H, W, 3); H and W even (the pipeline's are multiples of 16)."""
+        """Append uint8 frames (T, H, W, 3); an odd H or W is padded to even by edge replication."""
         if self.codec is None:
             self.kept.append(frames)
             return
         import av
         from av.video.reformatter import ColorRange, Colorspace
 
+        H, W = frames.shape[1:3]
+        if H % 2 or W % 2:  # yuv420p H.264 / VP9 code even sizes: repeat the last row / column, as write_video
+            frames = F.pad(rearrange(frames, "t h w c -> t c h w").float(), (0, W % 2, 0, H % 2), mode="replicate")
+            frames = rearrange(frames.to(torch.uint8), "t c h w -> t h w c").contiguous()
         if self.container is None:
             self._open(frames.shape[2], frames.shape[1])
         for rgb in frames.numpy():

@@ -62,6 +62,7 @@ from kinema.sampling import Plan
 __all__ = [
     "Plan",
     "check_size",
+    "covering_size",
     "connect",
     "extend_backward",
     "extend_forward",
@@ -85,15 +86,18 @@ SIZE_MULTIPLE = 16  # pixels per token side: the VAE's 8 x the patch's 2
 
 
 def check_size(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """(width, height) if both are positive multiples of `multiple`; else KinemaError naming the
-    nearest size the model can make."""
-    if width % multiple or height % multiple or width < multiple or height < multiple:
-        near = [max(multiple, round(v / multiple) * multiple) for v in (width, height)]
-        raise KinemaError(
-            f"the model makes sizes whose width and height are multiples of {multiple} pixels "
-            f"(the VAE's 8 x the patch's 2); {width}x{height} is not: try {near[0]}x{near[1]}"
-        )
-    return width, height
+    """(width, height) if both are positive whole numbers of pixels, else KinemaError. Any size
+    is made: on the covering grid (`covering_size`), then cropped back (the pipeline)."""
+    if int(width) != width or int(height) != height or width < 1 or height < 1:
+        raise KinemaError(f"width and height must be positive whole numbers of pixels; got {width}x{height}")
+    return int(width), int(height)
+
+
+def covering_size(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """The size rule, for every model and task: the smallest grid size (both sides multiples of
+    `multiple`, the model's pixels per token side) that covers width x height. The model makes
+    that, and the centre width x height of it is kept: never stretched."""
+    return -(-width // multiple) * multiple, -(-height // multiple) * multiple
 
 
 def pixel_frames(latent_frames: int, temporal: int = TEMPORAL) -> int:

@@ -8,6 +8,10 @@
 
     expand(p, seed)            -> caption(spec_from_prompt(p, seed)): the report's "turn short
                                   prompts into detailed captions", done by a grammar
+    spec_with_notices(p, seed) -> (spec_from_prompt(p, seed), notices): one short sentence for
+                                  each kind of thing the reader changed or left out, e.g.
+                                  ["read 'orb' as 'ball'", "left out: fluffy"]
+    expand_prompt(p, seed)     -> (expand(p, seed), notices)
 
 Caption grammar (one sentence each, in this order; words in {} come from `spec.py`):
 
@@ -76,15 +80,30 @@ Synonyms (user words -> spec vocabulary):
               sandy; grey stone, stone, rock, rocky ("on green grass", "the ground is sand")
     counts    one .. ten, 1 .. 10 ("two blue squares"); more than MAX_OBJECTS objects is an error
     empty     "an empty scene": no objects
+    collisions  collide, collides, collision ("two balls collide", "a ball crashes into a
+              square"): the objects slide towards each other, so the physics makes them hit
+Everyday words (SYNONYMS, below the lexicon): a word or phrase the lexicon lacks -> the lexicon
+words it reads as ("crimson" -> "red", "orb" -> "ball", "plummets" -> "falls", "meadow" ->
+"grass", "bounces twice" -> "bounces", "crash" -> "collide", "leaves a trail" -> "paints a
+stroke"); a prompt that uses one gets the notice "read 'orb' as 'ball'".
 Filler words (a, an, the, and, on, in, over, under, with, of, its, to, from, behind, ...) are
-skipped. Any other word raises KinemaError naming the word and the vocabulary.
+skipped. Any other word is an error in `parse`; in a prompt it is left out with a notice
+("left out: fluffy"), and adjectives whose noun was left out make an object of any shape ("a red
+giraffe bounces": a red object that falls). Only a prompt with nothing to draw, every word
+unknown or filler, raises KinemaError naming the first unknown word and the vocabulary.
+Two motions for one object that do not merge: `parse` raises; a prompt keeps the first
+("kept 'rolls'; left out 'flies'"), since an object has one motion a clip. Contradictions stay
+errors in both: two colours or directions for one object, more than MAX_OBJECTS objects, a roll
+for anything but a ball, a direction for a motion that takes none.
 
 Filling (`spec_from_prompt`), with `random.Random(seed)`, in a fixed order:
     - objects: never added when the prompt names any; otherwise one or two random objects
       (none for "an empty scene").
     - per object: a missing shape (a ball if it rolls), size, colour (preferring colours nobody
-      uses yet, so the objects stay distinguishable), motion (a directed one if the prompt gave
-      a direction; roll only for balls) and direction.
+      uses yet, so the objects stay distinguishable), motion and direction. An object with no
+      motion said stays still ("a red ball on green grass"); with only a direction said, it
+      takes a directed motion (roll only for balls); objects that collide slide towards each
+      other, the first to the right, the next to the left, and so on.
     - brush colour and path, if the prompt mentions a brush; the pan direction, if it says the
       camera pans; sky and ground when not said.
     - an occluder, a brush or a camera pan is never added unless the prompt asks for it.
@@ -113,7 +132,16 @@ from kinema.world.spec import (
     SceneSpec,
 )
 
-__all__ = ["caption", "short_prompt", "parse", "expand", "spec_from_prompt"]
+__all__ = [
+    "SYNONYMS",
+    "caption",
+    "short_prompt",
+    "parse",
+    "expand",
+    "expand_prompt",
+    "spec_from_prompt",
+    "spec_with_notices",
+]
 
 # ---------------------------------------------------------------- words to write
 
@@ -248,7 +276,9 @@ steadily also nearby meanwhile there here this that which who scene view backgro
 video clip shot world frame edges edge walls wall sides side middle center centre wooden
 mountains hills parallax drift drifts faster than facing hiding whatever passes pass passing
 stroke strokes canvas trail settles settle gravity weightlessly moment later high impact pieces
-hits hit day clear bright field lands land keeps keep goes go
+hits hit day clear bright lands land keeps keep goes go
+upon out for next against again other another my our your his her these those inside within
+beneath atop so just
 """.split()
 
 _SIZE_WORDS = {
@@ -332,6 +362,81 @@ _GROUND_WORDS = {
     "rock": "grey stone", "rocks": "grey stone",
 }  # fmt: skip
 _PATH_WORDS = {"wave": "wave", "waves": "wave", "zigzag": "zigzag", "zig-zag": "zigzag", "loop": "circle"}
+_COLLIDE_WORDS = _split("collide collides colliding collision")
+
+# Everyday words -> the lexicon words they read as; each use gives the notice "read 'orb' as
+# 'ball'". To teach the reader a word, add a line: the key must not be in the lexicon and the
+# value must be lexicon words (both tested). Only what the world draws: shapes ball, square,
+# triangle, diamond, star; the colours of spec.COLORS; skies light blue, pale yellow, grey, dark
+# blue; grounds green grass, brown earth, sand, grey stone; one motion an object.
+SYNONYMS: dict[str, str] = {
+    # shapes
+    "orb": "ball", "orbs": "balls", "marble": "ball", "marbles": "balls",
+    "bubble": "ball", "bubbles": "balls", "globe": "ball", "globes": "balls",
+    "rectangle": "square", "rectangles": "squares", "brick": "square", "bricks": "squares",
+    "crate": "square", "crates": "squares", "tile": "square", "tiles": "squares",
+    "pyramid": "triangle", "pyramids": "triangles", "wedge": "triangle", "wedges": "triangles",
+    "rhombus": "diamond", "gem": "diamond", "gems": "diamonds", "jewel": "diamond",
+    "jewels": "diamonds", "crystal": "diamond", "crystals": "diamonds",
+    "pentagram": "star", "starfish": "star",
+    # object colours
+    "crimson": "red", "scarlet": "red", "ruby": "red", "cherry": "red", "maroon": "red",
+    "amber": "orange", "tangerine": "orange", "coral": "orange",
+    "gold": "yellow", "golden": "yellow", "lemon": "yellow", "mustard": "yellow",
+    "lime": "green", "emerald": "green", "olive": "green", "jade": "green",
+    "turquoise": "cyan",
+    "navy": "blue", "azure": "blue", "cobalt": "blue", "sapphire": "blue",
+    "indigo": "purple", "lilac": "purple", "lavender": "purple", "plum": "purple", "mauve": "purple",
+    "fuchsia": "magenta", "rose": "magenta", "hot pink": "magenta",
+    "ivory": "white", "snow-white": "white", "ebony": "black", "jet-black": "black",
+    # skies
+    "navy sky": "dark blue sky", "starry": "dark sky", "nighttime": "night", "midnight": "night",
+    "rainy": "grey sky", "stormy": "grey sky", "foggy": "grey sky", "misty": "grey sky",
+    "clouds": "grey sky", "cloudy day": "grey sky", "sunny day": "light blue sky",
+    "sunshine": "light blue sky", "sunset": "pale yellow sky", "sunrise": "pale yellow sky",
+    "dawn": "pale yellow sky",
+    # grounds
+    "lawn": "grass", "meadow": "grass", "field": "grass", "park": "grass", "garden": "grass",
+    "turf": "grass", "pasture": "grass",
+    "mud": "earth", "muddy": "earth", "clay": "earth",
+    "dune": "sand", "dunes": "sand", "shore": "sand", "seaside": "sand",
+    "pavement": "stone", "concrete": "stone", "asphalt": "stone", "road": "stone",
+    "street": "stone", "gravel": "stone", "cobblestones": "stone",
+    # motions (an object has one)
+    "plummets": "falls", "plummet": "fall", "tumbles": "falls", "tumble": "fall",
+    "plunges": "falls", "plunge": "fall", "descends": "falls", "descend": "fall",
+    "leaps": "bounces", "leap": "bounce", "skips": "bounces", "skip": "bounce",
+    "jumping": "bouncing", "hopping": "bouncing",
+    "skates": "slides", "skate": "slide", "skids": "slides", "skid": "slide", "zooms": "slides",
+    "zoom": "slide", "races": "slides", "race": "slide", "crawls": "slides", "crawl": "slide",
+    "creeps": "slides", "creep": "slide",
+    "trundles": "rolls", "trundle": "roll",
+    "soars": "flies", "soar": "fly", "zips around": "bounces around",
+    "vanishes": "leaves", "vanish": "leave", "disappears": "leaves", "disappear": "leave",
+    "departs": "leaves", "depart": "leave", "offscreen": "leaves the frame",
+    "explodes": "shatters", "explode": "shatter", "bursts": "shatters", "burst": "shatter",
+    "crumbles": "shatters", "crumble": "shatter", "cracks": "shatters", "crack": "shatter",
+    "splinters": "shatters", "splinter": "shatter",
+    "waits": "stays", "wait": "stay", "remains": "stays", "remain": "stay", "lies": "rests",
+    "lie": "rest", "hangs": "stays", "hang": "stay", "hovers": "stays", "hover": "stay",
+    "idle": "still",
+    # counts of bounces: a falling object bounces until it settles; the count is not kept
+    "bounces once": "bounces", "bounces twice": "bounces", "bounces thrice": "bounces",
+    "bounces two times": "bounces", "bounces three times": "bounces", "bounces several times": "bounces",
+    "bounce once": "bounce", "bounce twice": "bounce", "bounce thrice": "bounce",
+    "bounce two times": "bounce", "bounce three times": "bounce", "bounce several times": "bounce",
+    # things that hit each other: the objects slide towards each other and collide
+    "crash": "collide", "crashes": "collides", "crashing": "colliding",
+    "bump": "collide", "bumps": "collides", "bumping": "colliding",
+    "hit each other": "collide", "hits each other": "collides", "smash into": "collide",
+    "smashes into": "collides", "run into": "collide", "runs into": "collides",
+    # painted marks: the brush paints a wave, circle or zigzag
+    "line": "stroke", "lines": "strokes", "leaves a trail": "paints a stroke",
+    "leave a trail": "paint a stroke", "leaving a trail": "painting a stroke",
+    "scribbles": "paints", "scribble": "paint", "sketches": "draws", "sketch": "draw",
+    "pen": "brush", "pencil": "brush", "marker": "brush", "crayon": "brush",
+    "squiggle": "zigzag", "zig zag": "zigzag", "spiral": "loop", "swirl": "loop", "wavy line": "wave",
+}  # fmt: skip
 
 
 def _build_lexicon() -> dict[str, tuple[str, object]]:
@@ -349,6 +454,7 @@ def _build_lexicon() -> dict[str, tuple[str, object]]:
     entries += [("circle", "circle", None), ("circles", "circle", None)]
     entries += [(w, "motion", m) for m, words in _MOTION_WORDS.items() for w in words]
     entries += [(w, "direction", d) for w, d in _DIRECTION_WORDS.items()]
+    entries += [(w, "collide", None) for w in _COLLIDE_WORDS]
     entries += [("camera", "camera", None)]
     entries += [(w, "occluder", None) for w in ("post", "pole", "pillar", "occluder")]
     entries += [(w, "brush", None) for w in ("brush", "paintbrush", "paint brush")]
@@ -364,7 +470,7 @@ def _build_lexicon() -> dict[str, tuple[str, object]]:
 
 
 _LEXICON = _build_lexicon()
-_LONGEST = max(len(p.split()) for p in _LEXICON)
+_LONGEST = max(len(p.split()) for p in [*_LEXICON, *SYNONYMS])
 
 
 def _vocabulary() -> str:
@@ -390,6 +496,7 @@ class _Token:
     kind: str
     value: object
     text: str  # the words it was read from, for messages
+    read_as: str | None = None  # the everyday words (a SYNONYMS key) it was read from
 
 
 def _words(text: str) -> list[str]:
@@ -406,19 +513,31 @@ def _words(text: str) -> list[str]:
     return [w.strip("-'") for w in "".join(chars).split() if w.strip("-'")]
 
 
-def _tokens(text: str) -> list[_Token]:
-    """Longest-first match of word runs against the lexicon."""
+def _tokens(text: str, lenient: bool = False) -> list[_Token]:
+    """Longest-first match of word runs against the lexicon and SYNONYMS. A synonym becomes the
+    tokens of its lexicon words, each marked with `read_as`. A word matching neither raises, or
+    with `lenient` becomes an "unknown" token."""
     words, tokens, i = _words(text), [], 0
     while i < len(words):
         for n in range(min(_LONGEST, len(words) - i), 0, -1):
             phrase = " ".join(words[i : i + n])
             if phrase in _LEXICON:
                 tokens.append(_Token(*_LEXICON[phrase], phrase))
-                i += n
+                break
+            if phrase in SYNONYMS:
+                tokens += [_Token(t.kind, t.value, t.text, phrase) for t in _tokens(SYNONYMS[phrase])]
                 break
         else:
-            raise _fail(f"Kinema World does not know {words[i]!r} (in {text.strip()!r})")
+            if not lenient:
+                raise _unknown(words[i], text)
+            n = 1
+            tokens.append(_Token("unknown", None, words[i]))
+        i += n
     return tokens
+
+
+def _unknown(word: str, text: str) -> KinemaError:
+    return _fail(f"Kinema World does not know {word!r} (in {text.strip()!r})")
 
 
 # ---------------------------------------------------------------- the draft a text describes
@@ -435,6 +554,9 @@ class _Group:
     shape: str | None = None
     motion: str | None = None
     direction: str | None = None
+    motion_text: str | None = None  # the words that gave the motion, for notices
+    left_out: list[str] = field(default_factory=list)  # motions after the first, in a prompt
+    collide: bool = False  # "two balls collide": slide towards each other
 
     @property
     def text(self) -> str:
@@ -468,6 +590,7 @@ class _Draft:
 _MERGED_MOTIONS = {("fall", "shatter"): "shatter", ("roll", "slide"): "roll", ("leave", "slide"): "leave"}
 _ATTRIBUTIVE_BEFORE = {"count", "size", "color", "shape", "circle", "camera"}  # "a rolling ball"
 _KEEP_JOINABLE = {"count", "size", "color", "shape", "circle", "motion", "pause"}
+_OBJECT_WORDS = {"count", "size", "color", "motion", "direction", "collide"}  # what describes an object
 
 
 class _Reader:
@@ -475,10 +598,15 @@ class _Reader:
 
     `pending` holds the adjectives of a noun phrase until its noun arrives; `subject` is what
     motion and direction words apply to: a list of groups, "camera", "brush" or "occluder".
+    `lenient` (prompts): unknown words and a second motion are left out and noted, not errors.
     """
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, lenient: bool = False):
         self.text = text.strip()
+        self.lenient = lenient
+        self.read_as: dict[str, str] = {}  # everyday words -> the lexicon words read
+        self.left_out: list[str] = []  # unknown words
+        self.orphans = False  # an unknown word since the last noun: it may have been the noun
         self.draft = _Draft()
         self.pending: dict[str, _Token] = {}
         self.subject: list[_Group] | str | None = None
@@ -488,9 +616,18 @@ class _Reader:
         self.prev = ""
 
     def read(self) -> _Draft:
-        tokens = _tokens(self.text)
-        for i, tok in enumerate(tokens):
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        tokens = _tokens(self.text, self.lenient)
+        nexts, nxt = [], None  # the next known token after each token
+        for tok in reversed(tokens):
+            nexts.append(nxt)
+            nxt = tok if tok.kind != "unknown" else nxt
+        for tok, nxt in zip(tokens, reversed(nexts)):
+            if tok.read_as is not None:
+                self.read_as[tok.read_as] = SYNONYMS[tok.read_as]
+            if tok.kind == "unknown":
+                self.left_out.append(tok.text)
+                self.orphans = True
+                continue
             if tok.kind == "stop":
                 continue
             expect, self.expect = self.expect, None
@@ -547,6 +684,8 @@ class _Reader:
             case "empty":
                 self._take_pending(tok)
                 self.draft.empty = True
+            case "collide":
+                self._collide(tok, nxt)
 
     # -------- noun phrases
 
@@ -557,7 +696,10 @@ class _Reader:
         self.pending[tok.kind] = tok
 
     def _take_pending(self, noun: _Token, *allowed: str) -> dict[str, _Token]:
-        """The adjectives in front of `noun`; an adjective that cannot describe it is an error."""
+        """The adjectives in front of `noun`; an adjective that cannot describe it is an error
+        (in a prompt, adjectives left without their unknown noun first become an object)."""
+        if not self.pending.keys() <= set(allowed):
+            self._draw_orphans()
         taken, self.pending = self.pending, {}
         for kind, tok in taken.items():
             if kind not in allowed:
@@ -565,11 +707,13 @@ class _Reader:
         return taken
 
     def _noun(self, tok: _Token, shape: str | None) -> None:
-        words = self._take_pending(tok, "count", "size", "color", "motion", "direction")
+        words = self._take_pending(tok, *_OBJECT_WORDS)
+        self.orphans = False
         group = _Group(words=[t.text for t in words.values()] + [tok.text], shape=shape)
         group.count = words["count"].value if "count" in words else 1
         group.size = words["size"].value if "size" in words else None
         group.color = words["color"].value if "color" in words else None
+        group.collide = "collide" in words
         if "motion" in words:
             self._apply_motion(group, words["motion"])
         if "direction" in words:
@@ -584,7 +728,15 @@ class _Reader:
     def _set_subject(self, subject: list[_Group] | str) -> None:
         self.subject = self.last_subject = subject
 
+    def _draw_orphans(self) -> None:
+        """In a prompt, adjectives whose noun was an unknown word ("a red giraffe bounces") make
+        an object of any shape."""
+        if self.lenient and self.orphans and self.pending and self.pending.keys() <= _OBJECT_WORDS:
+            self._noun(_Token("shape", None, "object"), None)
+
     def _end_sentence(self) -> None:
+        self._draw_orphans()
+        self.orphans = False
         if self.pending:
             words = " ".join(t.text for t in self.pending.values())
             raise _fail(f"{words!r} does not describe anything in {self.text!r}")
@@ -597,6 +749,8 @@ class _Reader:
             self._camera(tok)
             return
         attributive = nxt is not None and nxt.kind in _ATTRIBUTIVE_BEFORE  # "a rolling ball"
+        if self.subject is None and not attributive:
+            self._draw_orphans()  # "a red giraffe rolls": the red object rolls
         if self.subject is None or attributive:
             self._pend(tok)
         elif isinstance(self.subject, list):
@@ -609,20 +763,44 @@ class _Reader:
             raise _fail(f"{tok.text!r} cannot describe the {self.subject} in {self.text!r}")
 
     def _apply_motion(self, group: _Group, tok: _Token) -> None:
-        group.words.append(tok.text)
         old, new = group.motion, tok.value
-        if old is None or old == new:
-            group.motion = new
+        said = tok.read_as or tok.text
+        if old is None:
+            group.motion, group.motion_text = new, said
+        elif old == new:
+            group.motion_text += f" and {said}"
         elif tuple(sorted((old, new))) in _MERGED_MOTIONS:
             group.motion = _MERGED_MOTIONS[tuple(sorted((old, new)))]
+            group.motion_text += f" and {said}"
+        elif self.lenient:  # one motion a clip: the first one said
+            group.left_out.append(said)
+            return
         else:
             raise _fail(f"{group.text!r} gives two motions, {old} and {new}, in {self.text!r}")
+        group.words.append(tok.text)
+
+    def _collide(self, tok: _Token, nxt: _Token | None) -> None:
+        attributive = nxt is not None and nxt.kind in _ATTRIBUTIVE_BEFORE  # "colliding balls"
+        if self.subject is None and not attributive:
+            self._draw_orphans()
+        if self.subject is None or attributive:
+            self._pend(tok)
+        elif isinstance(self.subject, list):
+            for group in self.subject:
+                group.words.append(tok.text)
+                group.collide = True
+            self.joinable = False
+        else:
+            raise _fail(f"{tok.text!r} cannot describe the {self.subject} in {self.text!r}")
 
     def _direct(self, tok: _Token) -> None:
         if self.subject is None:  # "to the left, a ball rolls"
             self._pend(tok)
         elif isinstance(self.subject, list):
             for group in self.subject:
+                if group.left_out and group.motion not in DIRECTED_MOTIONS:  # "falls, then slides left"
+                    group.left_out[-1] += f" {tok.read_as or tok.text}"
+                    continue
                 group.words.append(tok.text)
                 group.direction = self._same(group.direction, tok.value, "directions")
             self.joinable = False
@@ -714,18 +892,37 @@ def parse(caption: str) -> SceneSpec:
 
 def spec_from_prompt(short_prompt: str, seed: int = 0) -> SceneSpec:
     """The scene a short prompt asks for; what it leaves open is drawn from `random.Random(seed)`."""
-    draft = _Reader(short_prompt).read()
+    return spec_with_notices(short_prompt, seed)[0]
+
+
+def spec_with_notices(short_prompt: str, seed: int = 0) -> tuple[SceneSpec, list[str]]:
+    """`spec_from_prompt`, and one short sentence for each kind of thing the reader changed or
+    left out: "read 'orb' as 'ball'", "left out: fluffy", "kept 'rolls'; left out 'flies'"."""
+    reader = _Reader(short_prompt, lenient=True)
+    draft = reader.read()
+    if reader.left_out and draft == _Draft():
+        raise _unknown(reader.left_out[0], short_prompt)  # nothing to draw
     _check_count(draft, short_prompt)
     rng = random.Random(seed)
     if draft.empty and draft.groups:
         raise _fail(f"the prompt says the scene is empty but names objects: {short_prompt.strip()!r}")
     if not draft.groups and not draft.empty:
         draft.groups = [_Group(words=["an object"]) for _ in range(rng.choice((1, 2)))]
+    notices = []
+    if reader.read_as:
+        notices.append("read " + ", ".join(f"{said!r} as {read!r}" for said, read in reader.read_as.items()))
+    if reader.left_out:
+        notices.append("left out: " + ", ".join(dict.fromkeys(reader.left_out)))
+    for group in draft.groups:
+        if group.left_out:
+            notices.append(f"kept {group.motion_text!r}; left out {', '.join(map(repr, group.left_out))}")
+    _pair_colliders(draft.groups, notices)
+    sides = itertools.cycle(("right", "left"))  # colliders slide towards each other
     used = {g.color for g in draft.groups} | {draft.brush.color if draft.brush else None}
     objects = []
     for group in draft.groups:
         for _ in range(group.count):
-            obj = _fill_object(group, rng, used)
+            obj = _fill_object(group, rng, used, next(sides) if group.collide else None)
             used.add(obj.color)
             objects.append(obj)
     if draft.brush is not None:
@@ -734,12 +931,31 @@ def spec_from_prompt(short_prompt: str, seed: int = 0) -> SceneSpec:
     camera = _camera_name(draft.camera, rng)
     draft.sky = draft.sky or rng.choice(list(SKY_COLORS))
     draft.ground = draft.ground or rng.choice(list(GROUND_COLORS))
-    return _scene(draft, objects, camera)
+    return _scene(draft, objects, camera), notices
 
 
 def expand(short_prompt: str, seed: int = 0) -> str:
     """A detailed caption for a short prompt: `caption(spec_from_prompt(short_prompt, seed))`."""
     return caption(spec_from_prompt(short_prompt, seed))
+
+
+def expand_prompt(short_prompt: str, seed: int = 0) -> tuple[str, list[str]]:
+    """(the caption `expand` gives, the notices of `spec_with_notices`)."""
+    spec, notices = spec_with_notices(short_prompt, seed)
+    return caption(spec), notices
+
+
+def _pair_colliders(groups: list[_Group], notices: list[str]) -> None:
+    """A collision needs two objects: when the prompt says one collides ("a ball crashes into a
+    square"), every object does; in a scene of one object, none does (with a notice)."""
+    said = [g for g in groups if g.collide]
+    if not said or sum(g.count for g in said) >= 2:
+        return
+    alone = sum(g.count for g in groups) < 2
+    if alone:
+        notices.append("left out the collision: it needs two objects")
+    for group in groups:
+        group.collide = not alone
 
 
 def _check_count(draft: _Draft, text: str) -> None:
@@ -748,17 +964,21 @@ def _check_count(draft: _Draft, text: str) -> None:
         raise KinemaError(f"{text.strip()!r} names {total} objects; a scene holds at most {MAX_OBJECTS}")
 
 
-def _fill_object(group: _Group, rng: random.Random, used: set) -> ObjectSpec:
+def _fill_object(group: _Group, rng: random.Random, used: set, collide_side: str | None) -> ObjectSpec:
+    """One object of `group`; `collide_side`: the direction it slides to meet the others."""
     shape = group.shape or ("ball" if group.motion == "roll" else rng.choice(SHAPES))
     size = group.size or rng.choice(list(SIZES))
     color = group.color or _fresh_color(rng, used)
     motion = group.motion
-    if motion is None:
-        choices = DIRECTED_MOTIONS if group.direction else MOTIONS
-        motion = rng.choice([m for m in choices if m != "roll" or shape == "ball"])
+    if motion is None and collide_side is not None:
+        motion = "slide"
+    elif motion is None and group.direction is not None:
+        motion = rng.choice([m for m in DIRECTED_MOTIONS if m != "roll" or shape == "ball"])
+    elif motion is None:  # no motion said: a still object
+        motion = "static"
     direction = group.direction
     if motion in DIRECTED_MOTIONS and direction is None:
-        direction = rng.choice(DIRECTIONS)
+        direction = collide_side or rng.choice(DIRECTIONS)
     filled = _Group(group.words, 1, size, color, shape, motion, direction)
     return _objects(filled)[0]
 
