@@ -228,13 +228,18 @@ def test_cli_generate_and_tasks_take_a_wan_folder(wan_dir, wan_clip, tmp_path):
     from kinema.cli import app
     from kinema.video import read_video, write_video
 
-    video = tmp_path / "in.mp4"
+    video, image = tmp_path / "in.mp4", tmp_path / "in.png"
     write_video(video, wan_clip.frames, wan_clip.fps)
+    write_video(image, wan_clip.frames[:1], wan_clip.fps)
     common = ["--model", str(wan_dir), "--steps", "2"]
     runs = {
         "t2v.mp4": (["generate", "a red ball", "--size", "48x32", "--seconds", "0.5"], (9, 32, 48)),
+        "long.mp4": (["generate", "x", "--size", "16x16", "--seconds", "1", "--window", "0.5"], (17, 16, 16)),
         "img.png": (["image", "a red ball", "--size", "32x16"], (1, 16, 32)),
+        "anim.mp4": (["animate", str(image), "x", "--seconds", "0.5", "--offload", "text"], (9, 16, 32)),
         "ext.mp4": (["extend", str(video), "x", "--seconds", "0.25", "--sampler", "euler"], (17, 16, 32)),
+        "loop.mp4": (["loop", "x", "--size", "16x16", "--seconds", "1", "--dtype", "bfloat16"], (16, 16, 16)),
+        "conn.mp4": (["connect", str(video), str(video), "x", "--seconds", "0.25"], (13 + 3 + 13, 16, 32)),
         "edit.mp4": (["edit", str(video), "x", "--strength", "0.5"], (13, 16, 32)),
     }
     for name, (args, shape) in runs.items():
