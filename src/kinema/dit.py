@@ -344,9 +344,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None) -> Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, L, D) each, strided views
-        if self.across:  # the fused norm kernel is about twice as fast on contiguous rows
-            q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
+        # one weight, three products: each output is contiguous (slicing one product's output
+        # would leave strided q, k, v, which the norms and attention read more slowly)
+        q, k, v = (F.linear(x, w, b) for w, b in zip(self.qkv.weight.chunk(3), self.qkv.bias.chunk(3)))  # (B, L, D)
+        if self.across:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q, k, v))  # (B, H, L, d)
         if not self.across:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -366,23 +368,22 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def keys(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Caption tokens (B or 1, K, D) -> normed keys and values (B or 1, H, K, d): they depend on
-        the caption alone, so a sampler may compute them once and pass them to every step."""
-        k, v = self.kv(context).chunk(2, dim=-1)  # (B, K, D) each, strided views
+        """Caption tokens (B or 1, K, D) -> normed keys and values (B or 1, H, K, d)."""
+        k, v = (F.linear(context, w, b) for w, b in zip(self.kv.weight.chunk(2), self.kv.bias.chunk(2)))  # (B, K, D)
         if self.across:
-            k = self.k_norm(k.contiguous())
+            k = self.k_norm(k)
         k, v = (rearrange(a, "b k (h d) -> b h k d", h=self.heads) for a in (k, v))  # (B, H, K, d)
         return (k if self.across else self.k_norm(k)), v
 
-    def forward(self, x: Tensor, context: Tensor | tuple[Tensor, Tensor], mask: Tensor | BlockMask) -> Tensor:
-        # x: (B, L, D); context: (B or 1, K, D) caption tokens, or their (keys, values) from `keys`
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | BlockMask) -> Tensor:
+        # x: (B, L, D); context: (B or 1, K, D) caption tokens
         q = self.q(x)  # (B, L, D)
         if self.across:
             q = self.q_norm(q)
         q = rearrange(q, "b l (h d) -> b h l d", h=self.heads)  # (B, H, L, d)
         if not self.across:
             q = self.q_norm(q)
-        k, v = context if isinstance(context, tuple) else self.keys(context)  # (B, H, K, d)
+        k, v = self.keys(context)  # (B, H, K, d)
         out = attend(q, k, v, mask)  # (B, H, L, d)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
