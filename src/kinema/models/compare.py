@@ -46,11 +46,9 @@ TEXT_TOKENS = 512  # Wan's caption length: every caption is padded to it
 
 def _reference():
     try:
-        import diffusers  # noqa: F401
+        import diffusers
     except ImportError:
         raise KinemaError("bench compare needs diffusers (the reference): pip install -e '.[dev]'") from None
-    import diffusers
-
     return diffusers
 
 
