@@ -36,7 +36,7 @@ def pipe(model_dir):
 
 @pytest.fixture(scope="module")
 def clip(pipe):
-    """A 13-frame clip (4 latent frames) at 8 fps made by the model itself."""
+    """A 12-frame clip (1.5 s) at 8 fps made by the model itself (at its own 12 fps, resampled)."""
     return pipe.generate("a red ball falls", seconds=1.5, fps=8, seed=1, **SIZE, **FAST).video
 
 
@@ -67,13 +67,15 @@ def test_unknown_or_missing_models_are_clear_errors(tmp_path):
 def test_pack_model_writes_a_half_size_folder_that_generates_the_same(model_dir, pipe, tmp_path):
     from kinema.pipeline import pack_model
 
-    packed = pack_model(model_dir, tmp_path / "packed", defaults={"fps": 8, "steps": 2}, expand=True)
+    packed = pack_model(model_dir, tmp_path / "packed", defaults={"fps": 8, "fps_range": [8, 12], "steps": 2},
+                        expand=True)  # fmt: skip
     size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
     assert size(packed) < 0.6 * size(model_dir)
     again = Pipeline.from_pretrained(packed)
     assert again.expand and again.defaults["fps"] == 8 and again.defaults["steps"] == 2
+    assert again.frame_rates == (8, 12)
     assert all(p.dtype == torch.float32 for p in again.dit.parameters())
-    kw = dict(seconds=1, fps=8, seed=0, expand=False, **SIZE, **FAST)
+    kw = dict(seconds=1, fps=12, seed=0, expand=False, **SIZE, **FAST)  # a rate both make natively
     a, b = pipe.generate("a red ball", **kw), again.generate("a red ball", **kw)
     assert (a.latent - b.latent).abs().max() < 0.05  # float16 weights: nearly the same sample
     with pytest.raises(KinemaError, match="unknown defaults"):
@@ -116,8 +118,9 @@ def test_the_exported_shift_scale_reaches_the_sampler(model_dir, tmp_path, monke
 
 def test_generate_any_size_and_duration(pipe):
     out = pipe.generate("a red ball", width=48, height=32, seconds=1, fps=8, **FAST)
-    assert out.frames.shape == (9, 32, 48, 3) and out.frames.dtype == torch.uint8 and out.fps == 8
-    assert out.latent.shape == (16, 3, 4, 6) and out.caption == "a red ball"
+    assert out.frames.shape == (8, 32, 48, 3) and out.frames.dtype == torch.uint8 and out.fps == 8
+    # made at the model's own 12 fps: 12 frames of the 1 + 4 * 3 sampled, resampled to 8
+    assert out.latent.shape == (16, 4, 4, 6) and out.caption == "a red ball"
     assert pipe.image("a red ball", 16, 48, **FAST).frames.shape == (1, 48, 16, 3)
 
 
@@ -173,12 +176,12 @@ def test_animate_pins_the_image_and_starts_with_its_reconstruction(pipe, clip):
     z = pipe.encode(image[None])
     assert torch.equal(out.latent[:, :1], z)
     assert torch.equal(out.frames[0], pipe.decode(z)[0])  # causal decoder: frame 0 reads latent 0 only
-    assert out.frames.shape == (9, 32, 32, 3)
+    assert out.frames.shape == (8, 32, 32, 3)
 
 
 def test_animate_keeps_an_odd_sized_image_size(pipe):
     image = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
-    assert pipe.animate(image, "x", seconds=1, fps=8, **FAST).frames.shape == (9, 24, 40, 3)
+    assert pipe.animate(image, "x", seconds=1, fps=8, **FAST).frames.shape == (8, 24, 40, 3)
 
 
 def test_match_seams_carries_the_given_frames_offset_and_fades_it():
@@ -223,17 +226,17 @@ def test_extend_backward_pins_the_input_head_and_keeps_the_input(pipe, clip):
 
 
 def test_connect_starts_at_a_tail_and_ends_at_b_head(pipe, clip):
-    other = pipe.generate("a blue square", seconds=1, fps=8, seed=2, **SIZE, **FAST).video
-    out = pipe.connect(clip, other, "x", seconds=1.0, **FAST)  # 2 middle latents -> 7 frames
+    other = pipe.generate("a blue square", seconds=1.5, fps=8, seed=2, **SIZE, **FAST).video  # 12 >= 9 frames
+    out = pipe.connect(clip, other, "x", seconds=1.0, **FAST)  # 2 middle latents -> 7 frames, retimed to 8
     Ta, Tb = len(clip.frames), len(other.frames)
-    assert len(out.frames) == Ta + 7 + Tb
+    assert len(out.frames) == Ta + 8 + Tb
     assert torch.equal(out.frames[:Ta], clip.frames) and torch.equal(out.frames[-Tb:], other.frames)
     assert torch.equal(out.latent[:, :2], pipe.encode(clip.frames[Ta - 5 :]))
     assert torch.equal(out.latent[:, -2:], tasks.head_context(pipe.encode(other.frames[:9])))
 
 
 def test_loop_bridges_the_clip_tail_back_to_its_head(pipe):
-    out = pipe.loop("a red ball", seconds=3, fps=8, **SIZE, **FAST)  # K = 6: 24 frames
+    out = pipe.loop("a red ball", seconds=2, fps=12, **SIZE, **FAST)  # K = 6: 24 frames at the model's 12 fps
     frames = out.frames
     assert len(frames) == 24
     m = int((~out.plan.pinned).sum())  # bridge latents
@@ -252,7 +255,7 @@ def test_edit_strength_zero_is_the_reconstruction_and_one_ignores_the_input(pipe
     assert torch.equal(same.frames, pipe.decode(pipe.encode(padded))[:7])
     a = pipe.edit(clip, "a red ball", 1.0, seed=5, **FAST)
     b = pipe.edit(clip.frames.flip(0), "a red ball", 1.0, seed=5, **FAST)
-    t2v = pipe.generate("a red ball", seconds=1.5, fps=8, seed=5, **SIZE, **FAST)
+    t2v = pipe.generate("a red ball", seconds=1, fps=12, seed=5, **SIZE, **FAST)  # the clip's 12 frames, at 12 fps
     assert torch.equal(a.frames, b.frames) and torch.equal(a.frames, t2v.frames)
     half = pipe.edit(clip, "x", 0.5, **FAST)
     assert half.frames.shape == clip.frames.shape
@@ -271,15 +274,16 @@ def test_long_video_memory_does_not_grow_with_windows(pipe, tmp_path):
     pixels = lambda o: o.dtype == torch.uint8 and o.ndim == 4 and tuple(o.shape[1:]) == (32, 32, 3)  # noqa: E731
     kw = dict(width=32, height=32, fps=8, **FAST)
     held, total = [], 0
-    for win in pipe.long_windows("a red ball", seconds=10, window=1.5, **kw):  # 81 frames, 4-latent windows
+    for win in pipe.long_windows("a red ball", seconds=10, window=1.5, **kw):  # 80 frames: 120 made at 12 fps
+        # in 5-latent windows, resampled as they come
         total += len(win.frames)
         held.append((alive(latents), alive(pixels), win.latent_frames_held, win.pixel_frames_held))
         del win
-    assert total == 81 and len(held) == 10
+    assert total == 80 and len(held) == 10
     assert len(set(held[1:-1])) == 1  # the same latent and pixel frames held at every window
-    assert held[1][2] == 4 + 2 and held[1][3] == tasks.tail_span(2)  # one window + its 2 context latents
+    assert held[1][2] == 5 + 2 and held[1][3] == tasks.tail_span(2)  # one window + its 2 context latents
     out = pipe.long("a red ball", seconds=3, window=1.5, out=tmp_path / "long.mp4", **kw)
-    assert out.video is None and read_video(out.path).frames.shape == (25, 32, 32, 3)
+    assert out.video is None and read_video(out.path).frames.shape == (24, 32, 32, 3)
 
 
 # ---------------------------------------------------------------- the command line
@@ -310,14 +314,14 @@ def test_cli_runs_every_task(model_dir, clip, tmp_path, monkeypatch, capsys):
     write_video(image, clip.frames[:1], clip.fps)
     common = ["--model", model_dir, "--steps", 2]
     runs = {
-        "generate.mp4": (["generate", "a red ball", "--size", "48x32", "--seconds", 1, "--fps", 8], (9, 32, 48)),
-        "long.mp4": (["generate", "x", "--size", "32x32", "--seconds", 3, "--fps", 8, "--window", 1.5], (25, 32, 32)),
+        "generate.mp4": (["generate", "a red ball", "--size", "48x32", "--seconds", 1, "--fps", 8], (8, 32, 48)),
+        "long.mp4": (["generate", "x", "--size", "32x32", "--seconds", 3, "--fps", 8, "--window", 1.5], (24, 32, 32)),
         "image.png": (["image", "a red ball", "--size", "32x16"], (1, 16, 32)),
-        "animate.mp4": (["animate", image, "x", "--seconds", 1, "--fps", 8, "--sampler", "heun"], (9, 32, 32)),
-        "extend.mp4": (["extend", video, "x", "--direction", "backward", "--seconds", 1], (21, 32, 32)),
+        "animate.mp4": (["animate", image, "x", "--seconds", 1, "--fps", 8, "--sampler", "heun"], (8, 32, 32)),
+        "extend.mp4": (["extend", video, "x", "--direction", "backward", "--seconds", 1], (12 + 8, 32, 32)),
         "loop.gif": (["loop", "x", "--size", "32x32", "--seconds", 2, "--fps", 8], (16, 32, 32)),
-        "connect.mp4": (["connect", video, video, "x", "--seconds", 0.5], (13 + 3 + 13, 32, 32)),
-        "edit.mp4": (["edit", video, "x", "--strength", 0.5, "--negative", "blue", "--guidance", 2], (13, 32, 32)),
+        "connect.mp4": (["connect", video, video, "x", "--seconds", 0.5], (12 + 4 + 12, 32, 32)),
+        "edit.mp4": (["edit", video, "x", "--strength", 0.5, "--negative", "blue", "--guidance", 2], (12, 32, 32)),
     }  # fmt: skip
     for name, (args, shape) in runs.items():
         code, out, err = run_cli(monkeypatch, capsys, *args, *common, "--out", tmp_path / name)
@@ -360,7 +364,7 @@ def test_cli_in_a_fresh_process_and_bench_generate(model_dir, tmp_path, monkeypa
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
     monkeypatch.setenv("KINEMA_THREADS", "1")
     (row,) = bench_generate(str(model_dir), 32, 32, seconds=1.0, fps=8, steps=2)
-    assert row["frames"] == 9 and row["size"] == "32x32"
+    assert row["frames"] == 8 and row["size"] == "32x32"
     assert row["wall_s"] > row["load_s"] + row["generate_s"] > 0 and row["peak_rss_mib"] > 50
     json.dumps(row)
 
@@ -369,7 +373,7 @@ def test_eval_model_source_answers_any_suite_size(model_dir):
     from kinema.eval.suite import model_source
 
     frames = model_source(str(model_dir))("a red ball", 40, 20, 1.0, 8.0, 0)
-    assert frames.shape == (9, 20, 40, 3) and frames.dtype == np.uint8
+    assert frames.shape == (8, 20, 40, 3) and frames.dtype == np.uint8
 
 
 # ---------------------------------------------------------------- any size
@@ -381,10 +385,10 @@ ODD = [(97, 61), (30, 32), (48, 17)]
 @pytest.mark.parametrize("width,height", ODD)
 def test_every_task_gives_exactly_the_size_asked(pipe, clip, width, height):
     kw = dict(width=width, height=height, **FAST)
-    assert pipe.generate("x", seconds=1, fps=8, **kw).frames.shape == (9, height, width, 3)
+    assert pipe.generate("x", seconds=1, fps=8, **kw).frames.shape == (8, height, width, 3)
     assert pipe.image("x", **kw).frames.shape == (1, height, width, 3)
     assert pipe.loop("x", seconds=1.5, fps=8, **kw).frames.shape[1:3] == (height, width)
-    assert pipe.animate(clip.frames[0], "x", seconds=1, fps=8, **kw).frames.shape == (9, height, width, 3)
+    assert pipe.animate(clip.frames[0], "x", seconds=1, fps=8, **kw).frames.shape == (8, height, width, 3)
     assert pipe.extend(clip, "x", seconds=0.5, **kw).frames.shape[1:3] == (height, width)
     assert pipe.connect(clip, clip, "x", seconds=0.5, **kw).frames.shape[1:3] == (height, width)
     assert pipe.edit(clip, "x", 0.5, **kw).frames.shape == (len(clip.frames), height, width, 3)
@@ -394,7 +398,7 @@ def test_every_task_gives_exactly_the_size_asked(pipe, clip, width, height):
 
 def test_a_size_off_the_grid_is_made_on_the_covering_grid_and_cropped(pipe):
     """Never stretched: the odd-sized clip is the centre of the clip made on the covering grid."""
-    kw = dict(seconds=1, fps=8, seed=4, **FAST)
+    kw = dict(seconds=1, fps=12, seed=4, **FAST)  # the model's own rate: the size is the only notice
     odd = pipe.generate("a red ball", width=40, height=20, **kw)
     assert odd.notices == ("made on 48x32 (the model's 16-pixel grid) and cropped to 40x20",)
     full = pipe.generate("a red ball", width=48, height=32, **kw)
@@ -406,9 +410,9 @@ def test_inputs_keep_their_own_size_or_are_fitted(pipe):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (61, 97, 3), dtype=np.uint8)
     own = pipe.animate(image, "x", seconds=1, fps=8, **FAST)
-    assert own.frames.shape == (9, 61, 97, 3) and not any("fitted" in n for n in own.notices)
+    assert own.frames.shape == (8, 61, 97, 3) and not any("fitted" in n for n in own.notices)
     cover = pipe.animate(image, "x", width=32, height=32, seconds=1, fps=8, **FAST)
-    assert cover.frames.shape == (9, 32, 32, 3)
+    assert cover.frames.shape == (8, 32, 32, 3)
     assert cover.notices[0] == "fitted the 97x61 input to 32x32 (scaled to cover, centre-cropped)"
     pad = pipe.animate(image, "x", width=32, height=32, seconds=1, fps=8, fit="pad", **FAST)
     assert "letterboxed" in pad.notices[0]

@@ -107,6 +107,7 @@ def test_resume_is_exact(tmp_path, cache):
     train_dit(tmp_path / "b", dataclasses.replace(cfg, steps=2), progress=False)  # stopped at step 2
     meta = json.loads((tmp_path / "b/checkpoints/step-000002/meta.json").read_text())
     assert meta["position"] == 4  # 2 steps x 2 sequences
+    assert meta["extent"][1] > 0 and meta["min_side"] > 0  # what it trained on, kept across a resume
     resumed = train_dit(tmp_path / "b", cfg, progress=False)
     assert [r["step"] for r in resumed] == [3, 4]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in unbroken[2:]]  # bit for bit
@@ -116,6 +117,7 @@ def test_resume_is_exact(tmp_path, cache):
     ta = load_file(str(tmp_path / "a/export/text_encoder.safetensors"))
     tb = load_file(str(tmp_path / "b/export/text_encoder.safetensors"))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert (tmp_path / "a/export/dit.json").read_text() == (tmp_path / "b/export/dit.json").read_text()
 
 
 # ---------------------------------------------------------------- learning
@@ -201,6 +203,22 @@ def test_export_loads_into_a_fresh_dit_with_identical_outputs(tmp_path, cache):
     assert torch.equal(got, want)
     spec = json.loads((out / "pipeline.json").read_text())
     assert spec["text_encoder"] == "builtin:." and spec["defaults"] == {"shift_scale": 3.0}  # for the sampler
+    written = json.loads((out / "dit.json").read_text())  # the sizes trained on, for any-size sampling
+    assert written["trained_extent"] == [0, *run.extent[1:]] and written["trained_min_side"] == run.min_side > 0
+    assert run.extent[1] >= run.min_side and run.extent[2] >= run.min_side
+
+
+def test_the_run_records_the_largest_grid_and_shortest_side_it_trained_on(tmp_path, cache):
+    from kinema.patches import positions
+
+    run = setup(tmp_path / "run", DiTTrainConfig(data=str(cache), token_budget=64, steps=1, **SMALL))
+    a, b = positions((2, 3, 4)), positions((1, 5, 2))  # two samples packed, then padding
+    pos = torch.cat([a, b, torch.zeros(3, 3, dtype=torch.long)])
+    doc = torch.cat([torch.zeros(len(a)), torch.ones(len(b)), torch.full((3,), -1)]).long()
+    run.saw(pos, doc)
+    assert run.extent == (2, 5, 4) and run.min_side == 2
+    run.saw(positions((1, 3, 3)), torch.zeros(9, dtype=torch.long))
+    assert run.extent == (2, 5, 4) and run.min_side == 2
 
 
 def test_init_starts_from_an_export_and_init_reset_draws_parts_afresh(tmp_path, cache):

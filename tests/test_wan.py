@@ -206,13 +206,13 @@ def test_wan_connect_loop_and_long(wan, wan_clip, tmp_path):
     from kinema.video import read_video
 
     other = wan.generate("a blue dog", width=32, height=16, seconds=13 / 16, seed=2, **FAST).video
-    out = wan.connect(wan_clip, other, "x", seconds=0.5, **FAST)  # 2 middle latents -> 7 frames
-    assert len(out.frames) == 13 + 7 + 13
+    out = wan.connect(wan_clip, other, "x", seconds=0.5, **FAST)  # 2 middle latents -> 7 frames, retimed to 8
+    assert len(out.frames) == 13 + 8 + 13
     assert torch.equal(out.frames[:13], wan_clip.frames) and torch.equal(out.frames[-13:], other.frames)
     loop = wan.loop("a red ball", width=16, height=16, seconds=1.5, **FAST)  # K = 6 latents: 24 frames
     assert len(loop.frames) == 24 and loop.plan.pinned.tolist()[:2] == [True, True]
     long = wan.long("a red ball", 2.0, window=0.75, width=16, height=16, out=tmp_path / "long.mp4", **FAST)
-    assert read_video(long.path).frames.shape[:3] == (1 + round((2.0 * 16 - 1) / 4) * 4, 16, 16)
+    assert read_video(long.path).frames.shape[:3] == (2 * 16, 16, 16)  # exactly 2 s at 16 fps
 
 
 def test_wan_edit_strength_zero_is_the_round_trip(wan, wan_clip):
@@ -233,13 +233,13 @@ def test_cli_generate_and_tasks_take_a_wan_folder(wan_dir, wan_clip, tmp_path):
     write_video(image, wan_clip.frames[:1], wan_clip.fps)
     common = ["--model", str(wan_dir), "--steps", "2"]
     runs = {
-        "t2v.mp4": (["generate", "a red ball", "--size", "48x32", "--seconds", "0.5"], (9, 32, 48)),
-        "long.mp4": (["generate", "x", "--size", "16x16", "--seconds", "1", "--window", "0.5"], (17, 16, 16)),
+        "t2v.mp4": (["generate", "a red ball", "--size", "48x32", "--seconds", "0.5"], (8, 32, 48)),
+        "long.mp4": (["generate", "x", "--size", "16x16", "--seconds", "1", "--window", "0.5"], (16, 16, 16)),
         "img.png": (["image", "a red ball", "--size", "32x16"], (1, 16, 32)),
-        "anim.mp4": (["animate", str(image), "x", "--seconds", "0.5", "--offload", "text"], (9, 16, 32)),
+        "anim.mp4": (["animate", str(image), "x", "--seconds", "0.5", "--offload", "text"], (8, 16, 32)),
         "ext.mp4": (["extend", str(video), "x", "--seconds", "0.25", "--sampler", "euler"], (17, 16, 32)),
         "loop.mp4": (["loop", "x", "--size", "16x16", "--seconds", "1", "--dtype", "bfloat16"], (16, 16, 16)),
-        "conn.mp4": (["connect", str(video), str(video), "x", "--seconds", "0.25"], (13 + 3 + 13, 16, 32)),
+        "conn.mp4": (["connect", str(video), str(video), "x", "--seconds", "0.25"], (13 + 4 + 13, 16, 32)),
         "edit.mp4": (["edit", str(video), "x", "--strength", "0.5"], (13, 16, 32)),
     }
     for name, (args, shape) in runs.items():

@@ -44,11 +44,11 @@ def parse_size(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------- generate and edit (kinema.pipeline)
 
 _MODEL = typer.Option("world", "--model", help="'world' (the shipped model) or a model folder: an export, a training run, or a diffusers Wan 2.1 folder (model_index.json).")
-_SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, any size: made on the model's grid and cropped back (default: the model's; 128x128 for world).")
+_SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, any size: made on the model's grid and cropped back; beyond the sizes the model trained on, composed at one of them first, then refined at this size (default: the model's; 128x128 for world).")
 _INPUT_SIZE = typer.Option(None, "--size", help="WIDTHxHEIGHT to fit the input to (default: the input's own size).")
 _FIT = typer.Option("cover", help="How an input is fitted to --size: cover (scale to cover, centre-crop) or pad (scale to fit, letterbox).")
-_SECONDS = typer.Option(None, help="Duration in seconds (default: the model's; 2).")
-_FPS = typer.Option(None, help="Frames per second (default: the model's; 12).")
+_SECONDS = typer.Option(None, help="Duration in seconds, any positive number up to 3600 (long ones: add --window). The video lasts exactly that at --fps, rounded to whole frames, with a note if rounded (default: the model's; 2).")
+_FPS = typer.Option(None, help="The file's frame rate, up to 240 (default: the model's; 8 for world). Frames are made at the nearest rate the model knows (world: 8-12) and resampled in time to this, with a note.")
 _STEPS = typer.Option(None, help="Sampling steps (default: the model's; 30).")
 _GUIDANCE = typer.Option(None, help="Classifier-free guidance scale; 1 turns it off (default: the model's; 4).")
 _SEED = typer.Option(0, help="Seed of the noise and of the prompt expansion.")
@@ -62,8 +62,8 @@ _VIDEO_OUT = typer.Option(Path("out.mp4"), help="Video to write (.mp4, .webm, .m
 
 def _early_checks(size: str | None = None, seconds: float | None = None, fps: float | None = None,
                   out: Path | None = None, still: bool = False) -> tuple[int | None, int | None]:  # fmt: skip
-    """Check what needs no model (size, duration, output format) before loading one."""
-    from kinema.tasks import check_size, latent_frames_for
+    """Check what needs no model (size, duration, frame rate, output format) before loading one."""
+    from kinema.tasks import check_fps, check_seconds, check_size
     from kinema.video import WRITE_SUFFIXES
 
     if out is not None:
@@ -71,8 +71,10 @@ def _early_checks(size: str | None = None, seconds: float | None = None, fps: fl
         ok = WRITE_SUFFIXES if still else tuple(s for s in WRITE_SUFFIXES if s not in stills)
         if out.suffix.lower() not in ok:
             raise KinemaError(f"--out {out}: cannot write '{out.suffix}' here; use one of {', '.join(ok)}")
-    if seconds is not None or fps is not None:
-        latent_frames_for(2.0 if seconds is None else seconds, 12.0 if fps is None else fps)
+    if seconds is not None:
+        check_seconds(seconds)
+    if fps is not None:
+        check_fps(fps)
     if size is None:
         return None, None
     return check_size(*parse_size(size))
@@ -162,8 +164,8 @@ def extend_cmd(
     video: Path = typer.Argument(..., help="Video to extend; it is kept whole."),
     prompt: str = typer.Argument(..., help="What happens in the new frames."),
     direction: str = typer.Option("forward", help="forward (new frames after the video) or backward (before it)."),
-    seconds: float = typer.Option(None, help="Seconds of new frames (default: the model's; 2)."),
-    fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
+    seconds: float = typer.Option(None, help="Seconds of new frames, made at the video's rate: exactly seconds x rate of them, rounded to whole frames (default: the model's; 2)."),
+    fps: float = typer.Option(None, help="Read the video at this rate (default: its own); the new frames are made at it."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
@@ -199,8 +201,8 @@ def connect_cmd(
     a: Path = typer.Argument(..., help="First video."),
     b: Path = typer.Argument(..., help="Second video (fitted to the first's size, see --fit)."),
     prompt: str = typer.Argument(..., help="What happens in between."),
-    seconds: float = typer.Option(None, help="Seconds of frames between them (default: the model's; 2)."),
-    fps: float = typer.Option(None, help="Read both videos at this rate (default: the first's)."),
+    seconds: float = typer.Option(None, help="Seconds of frames between them, made at the first's rate: exactly seconds x rate of them, rounded to whole frames (default: the model's; 2)."),
+    fps: float = typer.Option(None, help="Read both videos at this rate (default: the first's); the frames between are made at it."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
@@ -429,7 +431,7 @@ def train_pack_cmd(
     source: Path = typer.Argument(..., help="A model folder: a DiT run (its export/) or an export folder."),
     out: Path = typer.Argument(..., help="Folder to write the packed model into."),
     vae: str = typer.Option(None, help="Name of a shipped VAE to refer to (e.g. world-vae); default: copy the source's VAE into OUT/vae."),
-    default: list[str] = typer.Option([], "--default", help="KEY=VALUE sampling default stored in pipeline.json (width, height, seconds, fps, steps, guidance, shift_scale; an export's own shift_scale is kept). Repeat it."),
+    default: list[str] = typer.Option([], "--default", help="KEY=VALUE sampling default stored in pipeline.json (width, height, seconds, fps, steps, guidance, shift_scale; an export's own shift_scale is kept; fps_range=LO,HI: the frame rates the model makes natively). Repeat it."),
     expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand short prompts with the Kinema World grammar by default."),
     half: bool = typer.Option(True, "--half/--full", help="Store weights as float16 (half the size; loaded back as float32)."),
 ) -> None:
@@ -441,11 +443,13 @@ def train_pack_cmd(
     defaults = {}
     for item in default:
         key, _, value = item.partition("=")
+        key = key.strip()
         try:
-            number = float(value)
+            numbers = [float(v) for v in (value.split(",") if key == "fps_range" else [value])]
         except ValueError:
-            raise KinemaError(f"--default takes KEY=NUMBER; got {item!r}") from None
-        defaults[key.strip()] = int(number) if number.is_integer() else number  # steps=20, not 20.0
+            raise KinemaError(f"--default takes KEY=NUMBER (fps_range=LO,HI); got {item!r}") from None
+        numbers = [int(n) if n.is_integer() else n for n in numbers]  # steps=20, not 20.0
+        defaults[key] = numbers if key == "fps_range" else numbers[0]
     dst = pack_model(source, out, vae=vae, defaults=defaults, expand=expand,
                      dtype=torch.float16 if half else torch.float32)  # fmt: skip
     size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
@@ -457,19 +461,20 @@ def train_pack_cmd(
 @eval_app.command("world")
 def eval_world(
     model: str = typer.Option("real", help="'real' (Kinema World renders: the ceiling), 'baseline:frozen', 'baseline:shuffled', 'baseline:noise', 'vae:NAME' (the renders through that VAE and back: the ceiling of a DiT on it, e.g. vae:world-vae), or a model NAME / checkpoint PATH."),
-    suite: str = typer.Option("quick", help="Prompt suite: quick (16 small clips) or full (28 clips, several sizes)."),
+    suite: str = typer.Option("quick", help="Prompt suite: quick (16 small clips), full (28 clips, several sizes) or sizes (16 short clips from 32x32 to 1920x1080 and 1080x1920; slow on a CPU)."),
     out: Path = typer.Option(Path("eval-world"), help="Folder for scores.json, report.md, clips/*.png and metrics/*.png."),
     seeds: int = typer.Option(1, min=1, help="Rounds of the suite, each with every case's seed moved by 100 (other noise, other real renders): the means pool all rounds, and each gets its spread between rounds, to tell a change from the luck of one draw."),
     steps: int = typer.Option(None, min=1, help="A model's sampling steps, in place of its default."),
     guidance: float = typer.Option(None, help="A model's classifier-free guidance, in place of its default."),
+    compose: bool = typer.Option(True, "--compose/--no-compose", help="Sizes beyond a model's training: compose at a trained size, then refine (default), or sample them in one pass (as before; to compare)."),
 ) -> None:
     """Judge a model on the world benchmark: prompt adherence, consistency, permanence, gravity, persistence, camera, and the tasks (animate, extend, loop, connect, SDEdit) on the real renders of the cases that ask them."""
     from kinema.eval.report import write_report
-    from kinema.eval.suite import aggregate, round_spread, run, seed_rounds, sources
+    from kinema.eval.suite import aggregate, by_group, round_spread, run, seed_rounds, sources
     from kinema.eval.suite import suite as suite_cases
 
     cases = seed_rounds(suite_cases(suite), seeds)
-    make, tasks = sources(model, {"steps": steps, "guidance": guidance})
+    make, tasks = sources(model, {"steps": steps, "guidance": guidance, "compose": None if compose else False})
     results = run(make, cases, keep=True, progress=lambda name: typer.echo(f"judged {name}", err=True), tasks=tasks)
     paths = write_report(out, model, suite, results, rounds=seeds)
     spread = round_spread(results, seeds) if seeds > 1 else {}
@@ -480,6 +485,9 @@ def eval_world(
             row["± between rounds"] = "n/a" if spread[k] is None else spread[k]
         rows.append(row)
     print_table(rows)
+    groups = by_group(results, ("objects", "horizon"))
+    if len(groups) > 1 and len(groups) < len(results):  # a suite of groups (sizes): one row a group
+        print_table([{"group": g, **{m: "n/a" if v is None else v for m, v in row.items()}} for g, row in groups.items()])
     typer.echo(f"wrote {paths['scores']} and {paths['report']} (with clips/ and metrics/ PNGs)")
 
 

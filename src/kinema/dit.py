@@ -73,6 +73,14 @@ class DiTConfig:
     final_mod:            "linear": the final shift and scale are Linear(SiLU(c)); "table": a
                           learned (2, D) table plus c itself, as Wan does
     ffn_dim:              the MLP's hidden width, overriding mlp_ratio (Wan 2.1 1.3B: 8960)
+    trained_extent:       the largest token grid (t, h, w) the model was trained on, or None. A
+                          sample larger than it in h or w has its spatial positions scaled by one
+                          factor (the aspect kept) into that range (position interpolation); a t
+                          entry > 0 does the same in time; 0 never scales that axis. Packed
+                          sequences (training) keep their positions. See `position_scale`.
+    trained_min_side:     the shortest spatial side (tokens) of any sample trained on; 0: unknown.
+                          With trained_extent, the pipeline composes smaller frames at this size
+                          and scales them down (`kinema.composition`)
 
     Presets take overrides: DiTConfig.l(text_dim=4096) for a T5-XXL text encoder.
     """
@@ -94,6 +102,8 @@ class DiTConfig:
     text_norm: bool = True
     final_mod: str = "linear"
     ffn_dim: int | None = None
+    trained_extent: tuple[int, int, int] | None = None
+    trained_min_side: int = 0
 
     def __post_init__(self):
         problems = []
@@ -115,6 +125,10 @@ class DiTConfig:
             problems.append(f"final_mod must be 'linear' or 'table', not {self.final_mod!r}")
         if self.ffn_dim is not None and self.ffn_dim <= 0:
             problems.append(f"ffn_dim must be positive, not {self.ffn_dim}")
+        if self.trained_extent is not None and (len(self.trained_extent) != 3 or any(e < 0 for e in self.trained_extent)):
+            problems.append(f"trained_extent must be 3 sizes >= 0 (t, h, w), not {self.trained_extent}")
+        if self.trained_min_side < 0:
+            problems.append(f"trained_min_side must be >= 0, not {self.trained_min_side}")
         if problems:
             raise KinemaError("bad DiT config: " + "; ".join(problems))
 
@@ -184,6 +198,7 @@ class DiTConfig:
         d = asdict(self)
         d["patch"] = list(self.patch)
         d["rope_axes"] = list(self.rope_axes) if self.rope_axes is not None else None
+        d["trained_extent"] = list(self.trained_extent) if self.trained_extent is not None else None
         return d
 
     @classmethod
@@ -195,8 +210,9 @@ class DiTConfig:
         d = {"cross_gate": False, **d}  # saved before the gate existed: none
         if "patch" in d:
             d["patch"] = tuple(d["patch"])
-        if d.get("rope_axes") is not None:
-            d["rope_axes"] = tuple(d["rope_axes"])
+        for key in ("rope_axes", "trained_extent"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     # ------------------------------------------------------------ FLOPs
@@ -266,18 +282,62 @@ def timestep_features(t: Tensor, dim: int, max_period: float = 10000.0) -> Tenso
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def rope_angles(positions: Tensor, axes: tuple[int, int, int], theta: float) -> tuple[Tensor, Tensor]:
+def rope_angles(positions: Tensor, axes: tuple[int, int, int], theta: float,
+                extent: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor]:
     """(..., L, 3) integer positions -> cos, sin (..., L, head_dim / 2), float32.
 
     Axis a (t, h or w) gets axes[a] channels: axes[a] / 2 frequencies theta^(-2i / axes[a]).
     Angles are computed in float64, so that shifted positions give the same rotations to fp32.
+    extent: the trained token grid (DiTConfig.trained_extent); a sample beyond it has its angles
+    scaled into the trained range (`position_scale`, `frequency_scale`).
     """
+    scale = position_scale(positions, extent)  # (..., 1, 3) or None
     parts = []
     for a, d in enumerate(axes):
         inv = theta ** (-torch.arange(0, d, 2, device=positions.device, dtype=torch.float64) / d)  # (d/2,)
+        if scale is not None:
+            inv = inv * frequency_scale(inv, scale[..., a, None], extent[a])  # (..., 1, d/2)
         parts.append(positions[..., a, None].double() * inv)  # (..., L, d/2)
     ang = torch.cat(parts, dim=-1)  # (..., L, head_dim/2)
     return ang.cos().float(), ang.sin().float()
+
+
+RAMP = (1.0, 2.0)  # turns inside the extent: up to 1 interpolated, from 2 kept, a ramp between
+
+
+def position_scale(positions: Tensor, extent: tuple[int, int, int] | None) -> Tensor | None:
+    """(..., L, 3) positions of one sample a row -> (..., 1, 3) float64 factor of each axis, or
+    None when every row lies inside the trained extent (the common case: nothing changes).
+
+    A row whose grid (largest position + 1) exceeds the extent in h or w gets one factor for both
+    spatial axes, min(extent / grid) over them, so a 1920x1080 frame is seen at the scale of the
+    largest trained frame of its aspect; t has its own factor when extent[0] > 0 (0: never).
+    """
+    if extent is None:
+        return None
+    grid = positions.amax(dim=-2, keepdim=True).double() + 1  # (..., 1, 3)
+    ext = torch.tensor(extent, device=positions.device, dtype=torch.float64)
+    ratio = torch.where(ext > 0, ext / grid, torch.ones_like(grid)).clamp(max=1.0)  # (..., 1, 3)
+    spatial = ratio[..., 1:].amin(dim=-1, keepdim=True)  # (..., 1, 1): one factor keeps the aspect
+    scale = torch.cat([ratio[..., :1], spatial, spatial], dim=-1)
+    return None if bool((scale == 1).all()) else scale
+
+
+def frequency_scale(inv: Tensor, scale: Tensor, extent: int) -> Tensor:
+    """Per frequency, the factor of its angle: interpolation by parts, as YaRN does for text.
+
+    Rotations that turn less than once inside the trained extent say where in the frame a token
+    is: they are slowed by `scale`, so the whole frame falls inside the angles trained (one sky,
+    one ground, instead of the scene repeated). Those that turn at least twice tell neighbours
+    apart: every angle of them was seen, so they are kept, and neighbouring tokens stay as far
+    apart as in training (plain interpolation squeezes them and blurs every edge into a grid).
+    In between, a linear ramp. inv (d/2,), scale (..., 1, 1) -> (..., 1, d/2).
+    """
+    if extent <= 0:
+        return torch.ones_like(inv)
+    turns = extent * inv / (2 * math.pi)
+    keep = ((turns - RAMP[0]) / (RAMP[1] - RAMP[0])).clamp(0.0, 1.0)  # 0: interpolate, 1: keep
+    return scale * (1 - keep) + keep
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -622,7 +682,8 @@ class DiT(nn.Module):
         shared_t = doc_ids is None and bool((t == t[:, :1]).all())
         c, mod = self.conditioning(t[:, :1] if shared_t else t, pooled)  # (B, L or 1, D), (B, L or 1, 6, D)
         gate = self.cross_gate(F.silu(c)) if self.cross_gate is not None else None  # (B, L or 1, D)
-        cos, sin = rope_angles(positions, cfg.rope_split, cfg.rope_theta)  # (L or B L, d/2)
+        extent = cfg.trained_extent if doc_ids is None else None  # packed (training): as they are
+        cos, sin = rope_angles(positions, cfg.rope_split, cfg.rope_theta, extent)  # (L or B L, d/2)
         if cos.ndim == 2:
             cos, sin = cos[None, None], sin[None, None]  # (1, 1, L, d/2)
         else:

@@ -27,11 +27,22 @@ Sizes. Any width x height is made exactly: the model samples the smallest grid t
 `notices` say so. Input images and videos keep their own size unless width / height are given:
 then they are fitted to it, scaled to cover and centre-cropped (fit="cover") or scaled to fit
 inside and letterboxed (fit="pad"). Inside, frames are padded by edge replication up to the grid
-and the output is cropped back. Durations become 1 + 4k frames, k >= 1.
+and the output is cropped back.
+
+Durations. `seconds` (any positive number up to `tasks.MAX_SECONDS`) lasts exactly that long at
+the output's fps, rounded to whole frames. `fps` is the file's rate (default: the model's); the
+model makes frames at a rate it knows (`Pipeline.frame_rates`: pipeline.json's "fps_range", else
+its default fps), the asked rate clamped into that range, and frames made at another rate are
+resampled in time (sample and hold) to seconds * fps frames. Inside, the sampler makes the
+1 + 4k frames that cover the count and the extra frames are cut (`long`: its last window is cut
+to the total). A loop's turn is retimed as a cycle, a connect's middle stretched between its
+ends. extend and connect make exactly seconds * the input's rate new frames. What was rounded or
+resampled is said in the output's `notices` (`tasks.timing`).
 
 Weights. A model folder holds pipeline.json (written by `train.dit.export_weights`):
 {"dit", "dit_config", "text_encoder", "vae"}, optionally "expand" and "defaults" (width,
-height, seconds, fps, steps, guidance, and the shift_scale the model was trained with).
+height, seconds, fps, steps, guidance, the shift_scale the model was trained with, and
+"fps_range": [lo, hi], the frame rates it makes natively).
 `from_pretrained` accepts that folder, a training run folder (its export/), "world" (the
 folder kinema/weights/world/ shipped with the package), or a diffusers Wan 2.1 folder
 (model_index.json; loaded by `kinema.models.wan`, sampled with its own scheduler and the
@@ -58,6 +69,7 @@ from einops import rearrange
 from torch import Tensor
 
 from kinema import tasks
+from kinema.composition import compose_plan, refine_plan
 from kinema.errors import KinemaError
 from kinema.sampling import (
     Plan,
@@ -67,7 +79,7 @@ from kinema.sampling import (
     make_model_fn,
     reference_schedule,
 )
-from kinema.video import Video
+from kinema.video import Video, hold_index, hold_indices, span_indices
 
 WORLD_DIR = Path(__file__).resolve().parent / "weights" / "world"
 PIPELINE_FILE = "pipeline.json"
@@ -76,6 +88,8 @@ PIPELINE_FILE = "pipeline.json"
 # shift_scale: the training times' scale of the resolution shift (see flow.training_t), which
 # the sampler's schedule must share; a training export writes it into pipeline.json's defaults
 DEFAULTS: dict[str, float] = dict(width=128, height=128, seconds=2.0, fps=12.0, steps=30, guidance=4.0, shift_scale=1.0)
+# and optionally "fps_range": [lo, hi], the frame rates the model makes natively (absent: [fps, fps])
+DEFAULT_KEYS = (*DEFAULTS, "fps_range")
 OFFLOAD = ("none", "text", "blocks")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONTEXT = 2  # latent frames of context for extend, long, loop and connect (1 + 4 = 5 pixel frames)
@@ -91,7 +105,8 @@ class Output:
     latent:  the last latent the sampler made (normalized, (C, T, H, W)), for checks and chaining
     plan:    the plan it was sampled from
     path:    the file written (`long` with out=...)
-    notices: what was changed from the request, one sentence each (size fitting, prompt reading)
+    notices: what was changed from the request, one sentence each (size fitting, prompt reading,
+             a duration rounded to whole frames, frames resampled in time)
     """
 
     video: Video | None
@@ -119,7 +134,7 @@ class Window:
     """One finished window of a long video: its new frames, and what the generator holds."""
 
     index: int
-    frames: Tensor  # (n, H, W, 3) uint8, the frames this window adds
+    frames: Tensor  # (n, H, W, 3) uint8, the frames this window adds (at the output's fps)
     latent_frames_held: int  # latent frames alive while it was made: its latent + the context
     pixel_frames_held: int  # pixel frames kept for the next window's context
 
@@ -318,6 +333,14 @@ def match_seams(decoded: Tensor, new: slice, before: Tensor | None = None, after
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def to_output_rate(frames: Tensor, t: tasks.Timing) -> Tensor:
+    """The `t.made` frames made at the model's rate, as the `t.frames` frames of the output's fps:
+    resampled in time by sample and hold (`video.hold_indices`) when the rates differ."""
+    if not t.resampled:
+        return frames
+    return frames[hold_indices(len(frames), t.rate, t.fps, t.frames)]
+
+
 def crop_frames(frames: Tensor, box: tuple[int, int, int, int]) -> Tensor:
     top, bottom, left, right = box
     H, W = frames.shape[1:3]
@@ -340,6 +363,8 @@ class Pipeline:
         self.vae = vae
         self.expand = expand
         self.defaults = {**DEFAULTS, **(defaults or {})}
+        if "fps_range" in self.defaults:  # a bad range is an error at load, not at the first video
+            tasks.check_frame_rates(self.defaults["fps_range"])
         self.name = name
         self.device = torch.device(device)
         # how the model is told about known latent frames (see sampling.denoise): "native" (clean
@@ -412,6 +437,17 @@ class Pipeline:
         return cls(dit, text, vae, expand=expand, defaults=spec.get("defaults"), name=str(name_or_path), device=dev,
                    offload=offload)
 
+    @property
+    def frame_rates(self) -> tuple[float, float]:
+        """(lo, hi): the frame rates the model makes natively, pipeline.json's defaults "fps_range"
+        (the world model: 8 - 12), else just its default fps. Asked for a rate outside them, it
+        makes frames at the nearest and resamples them in time."""
+        rates = self.defaults.get("fps_range")
+        if rates is None:
+            fps = tasks.check_fps(self.defaults["fps"])
+            return fps, fps
+        return tasks.check_frame_rates(rates)
+
     # ------------------------------------------------------------ prompts
 
     def caption(self, prompt: str, seed: int = 0, expand: bool | None = None) -> str:
@@ -456,10 +492,15 @@ class Pipeline:
     def _frames_for(self, seconds: float, fps: float, minimum: int = 2) -> int:
         return tasks.latent_frames_for(seconds, fps, self.temporal, minimum)
 
-    def _new_latents(self, seconds: float, fps: float) -> int:
-        """Latent frames to generate for about `seconds` of new frames (4 pixel frames each)."""
-        tasks.latent_frames_for(seconds, fps, self.temporal)  # the same checks of seconds and fps
-        return max(1, round(seconds * fps / self.temporal))
+    def _timing(self, seconds: float, fps: float) -> tasks.Timing:
+        """The duration rule (`tasks.timing`) for this model's frame rates."""
+        return tasks.timing(seconds, fps, self.frame_rates)
+
+    def _new_frames(self, seconds: float, rate: float) -> tuple[int, tuple[str, ...]]:
+        """(frames, notice) for `seconds` of new frames at the input's `rate` (extend, connect)."""
+        seconds, rate = tasks.check_seconds(seconds), float(rate)
+        n = tasks.frame_count(seconds, rate, minimum=1)
+        return n, tasks.duration_notice(seconds, rate, n)
 
     def _latent_hw(self, width: int, height: int) -> tuple[int, int]:
         s = self.vae.config.spatial_factor
@@ -500,7 +541,17 @@ class Pipeline:
     def sample(self, plan: Plan, caption: str, negative: str = "", *, steps: int, guidance: float, seed: int,
                method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Tensor:  # fmt: skip
         """Run the sampler on a plan; returns the normalized latent (C, T, H, W). method: None for
-        the model's own (`self.scheduler`)."""
+        the model's own (`self.scheduler`). A plan larger than the model was trained on is
+        composed at a trained size first, then refined at its own (`kinema.composition`)."""
+        kw = dict(steps=steps, guidance=guidance, method=method, progress=progress, callback=callback)
+        cfg = self.dit.config
+        small = compose_plan(plan, cfg.trained_extent, self.patch, cfg.trained_min_side)
+        if small is not None:
+            plan = refine_plan(plan, self._sample(small, caption, negative, seed=seed, **kw))
+        return self._sample(plan, caption, negative, seed=seed, **kw)
+
+    def _sample(self, plan: Plan, caption: str, negative: str = "", *, steps: int, guidance: float, seed: int,
+                method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Tensor:  # fmt: skip
         text, mask = self._text(caption, negative, float(guidance))
         autocast = torch.bfloat16 if self.device.type == "cuda" else None
         model_fn = make_model_fn(self.dit, text, mask, self.patch, autocast)
@@ -556,15 +607,17 @@ class Pipeline:
                  fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                  negative_prompt: str = "", expand: bool | None = None, method: str | None = None,
                  progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
-        """Text -> video of exactly width x height and about seconds * fps frames (1 + 4k)."""
+        """Text -> video of exactly width x height and seconds * fps frames (module doc: Durations)."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
+        t = self._timing(s["seconds"], s["fps"])
         W, H, box, notes = self._grid(*self._size(width, height))
-        T = self._frames_for(s["seconds"], s["fps"])
         caption, said = self._read_prompt(prompt, seed, expand)
-        plan = tasks.text_to_video(self.dit.config.in_channels, T, *self._latent_hw(W, H))
+        plan = tasks.text_to_video(self.dit.config.in_channels, tasks.latents_covering(t.made, self.temporal),
+                                   *self._latent_hw(W, H))  # fmt: skip
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
-        return Output(Video(crop_frames(self.decode(z), box), float(s["fps"])), caption, z, plan, notices=said + notes)
+        frames = to_output_rate(crop_frames(self.decode(z)[: t.made], box), t)
+        return Output(Video(frames, t.fps), caption, z, plan, notices=said + notes + t.notices)
 
     def image(self, prompt: str, width: int | None = None, height: int | None = None, steps: int | None = None,
               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
@@ -584,30 +637,35 @@ class Pipeline:
                 method: str | None = None, progress: bool = True, callback: Callable | None = None,
                 fit: str = "cover") -> Output:  # fmt: skip
         """Image -> video: latent frame 0 pinned to the encoded image (the first frame of a
-        video file). The output has the image's size, or width x height (fitted: `fit`)."""
+        video file). The output has the image's size, or width x height (fitted: `fit`), and
+        seconds * fps frames (module doc: Durations); frame 0 is the image's."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
-        T = self._frames_for(s["seconds"], s["fps"])
+        t = self._timing(s["seconds"], s["fps"])
         frames, _, box, notes = self._media(image, None, width, height, fit)
         caption, said = self._read_prompt(prompt, seed, expand)
-        plan = tasks.image_to_video(self.encode(frames[:1]), T)
+        plan = tasks.image_to_video(self.encode(frames[:1]), tasks.latents_covering(t.made, self.temporal))
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
-        return Output(Video(crop_frames(self.decode(z), box), float(s["fps"])), caption, z, plan, notices=said + notes)
+        out = to_output_rate(crop_frames(self.decode(z)[: t.made], box), t)
+        return Output(Video(out, t.fps), caption, z, plan, notices=said + notes + t.notices)
 
     def extend(self, video: Media, prompt: str, direction: str = "forward", seconds: float | None = None,
                fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, method: str | None = None,
                progress: bool = True, callback: Callable | None = None, width: int | None = None,
                height: int | None = None, fit: str = "cover") -> Output:  # fmt: skip
-        """About `seconds` of new frames after (forward) or before (backward) the video, which is
-        kept whole. `context` latent frames of it are pinned (1 + 4(k - 1) frames forward, 1 + 4k
-        backward). fps: read the video at this rate (default: its own). width / height: fit the
+        """Exactly `seconds` of new frames (seconds * the video's rate, rounded to whole frames)
+        after (forward) or before (backward) the video, which is kept whole. `context` latent
+        frames of it are pinned (1 + 4(k - 1) frames forward, 1 + 4k backward); the 4n new frames
+        that cover the count are made and those next to the video kept. fps: read the video at
+        this rate (default: its own); the new frames are made at it. width / height: fit the
         video to this size first (default: its own size)."""
         if direction not in ("forward", "backward"):
             raise KinemaError(f"direction must be forward or backward; got {direction!r}")
         frames, rate, box, notes = self._media(video, fps, width, height, fit)
         s = self._settings(seconds=seconds, steps=steps, guidance=guidance)
-        n = self._new_latents(s["seconds"], rate)  # 4n new pixel frames
+        count, rounded = self._new_frames(s["seconds"], rate)
+        n = -(-count // self.temporal)  # new latents: 4n new pixel frames, count of them kept
         caption, said = self._read_prompt(prompt, seed, expand)
         if direction == "forward":
             ctx, k = self._tail(frames, context)
@@ -619,15 +677,17 @@ class Pipeline:
                         method=method, progress=progress, callback=callback)  # fmt: skip
         edge = dict(before=frames[-1]) if direction == "forward" else dict(after=frames[0])
         new = match_seams(self.decode(z), tasks.new_frames(task, plan, k, k, self.temporal), **edge)
-        whole = torch.cat([frames, new] if direction == "forward" else [new, frames])
-        return Output(Video(crop_frames(whole, box), rate), caption, z, plan, notices=said + notes)
+        whole = torch.cat([frames, new[:count]] if direction == "forward" else [new[len(new) - count :], frames])
+        return Output(Video(crop_frames(whole, box), rate), caption, z, plan, notices=said + notes + rounded)
 
     def connect(self, a: Media, b: Media, prompt: str, seconds: float | None = None, fps: float | None = None,
                 steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
                 expand: bool | None = None, context: int = CONTEXT, method: str | None = None, progress: bool = True,
                 callback: Callable | None = None, width: int | None = None, height: int | None = None,
                 fit: str = "cover") -> Output:  # fmt: skip
-        """A, then about `seconds` of frames that lead from A's end into B's start, then B.
+        """A, then exactly `seconds` of frames (seconds * A's rate, whole frames) that lead from
+        A's end into B's start, then B. The 4m - 1 middle frames nearest the count are made and
+        retimed to it, ends kept (`video.span_indices`), so the middle still leads into B.
         A keeps its size unless width / height are given (then it is fitted: `fit`); B is read
         at A's rate and fitted to A's size the same way."""
         fa, rate, box, notes = self._media(a, fps, width, height, fit)
@@ -637,7 +697,8 @@ class Pipeline:
             notes += (f"fitted the second clip ({vb.frames.shape[2]}x{vb.frames.shape[1]}) to {size[0]}x{size[1]}",)
         fb = pad_frames(fit_frames(vb.frames, *size, fit), box)
         s = self._settings(seconds=seconds, steps=steps, guidance=guidance)
-        m = self._new_latents(s["seconds"], rate)  # 4m - 1 new pixel frames
+        count, rounded = self._new_frames(s["seconds"], rate)
+        m = max(1, (count + 1 + self.temporal // 2) // self.temporal)  # 4m - 1 middle frames, nearest count
         caption, said = self._read_prompt(prompt, seed, expand)
         tail, ka = self._tail(fa, context)
         head, kb = self._head(fb, context)
@@ -645,20 +706,25 @@ class Pipeline:
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
         middle = match_seams(self.decode(z), tasks.new_frames("connect", plan, ka, kb, self.temporal), fa[-1], fb[0])
+        if len(middle) != count:
+            middle = middle[span_indices(len(middle), count)]
         whole = crop_frames(torch.cat([fa, middle, fb]), box)
-        return Output(Video(whole, rate), caption, z, plan, notices=said + notes)
+        return Output(Video(whole, rate), caption, z, plan, notices=said + notes + rounded)
 
     def loop(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
              fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
              negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, bridge: float = 1 / 3,
              method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
-        """A seamless loop of 4K frames (K = seconds * fps / 4): a clip, then a bridge from its tail
-        back to its head (`tasks` module doc). `bridge`: the bridge's share of the loop.
+        """A seamless loop of seconds * fps frames: a turn of 4K frames made at the model's rate
+        (K = seconds * rate / 4), a clip then a bridge from its tail back to its head (`tasks`
+        module doc), retimed as a cycle to the asked count (`video.span_indices`), so its last
+        frame still leads into its first. `bridge`: the bridge's share of the loop.
         The output's plan and latent are the bridge's: its first latents are the clip's tail
         context, its last latents the clip's head context."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
+        t = self._timing(s["seconds"], s["fps"])
         W, H, box, notes = self._grid(*self._size(width, height))
-        K = max(3, self._new_latents(s["seconds"], s["fps"]))
+        K = max(3, (t.made + self.temporal // 2) // self.temporal)
         m = min(K - 2, max(1, round(K * bridge)))  # bridge latents; the clip keeps at least 3
         caption, said = self._read_prompt(prompt, seed, expand)
         kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress, callback=callback)
@@ -670,8 +736,10 @@ class Pipeline:
         z = self.sample(plan, caption, negative_prompt, seed=seed + 1, **kw)
         middle = match_seams(self.decode(z), tasks.new_frames("connect", plan, ka, kb, self.temporal),
                              clip[-1], clip[0])  # 4m - 1 frames  # fmt: skip
-        return Output(Video(crop_frames(torch.cat([clip, middle]), box), float(s["fps"])), caption, z, plan,
-                      notices=said + notes)
+        turn = torch.cat([clip, middle])  # 4K frames
+        if len(turn) != t.frames:
+            turn = turn[span_indices(len(turn), t.frames, cyclic=True)]
+        return Output(Video(crop_frames(turn, box), t.fps), caption, z, plan, notices=said + notes + t.notices)
 
     def edit(self, video: Media, prompt: str, strength: float = 0.6, fps: float | None = None,
              steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
@@ -701,24 +769,34 @@ class Pipeline:
                      progress: bool = True) -> Iterator[Window]:  # fmt: skip
         """A long video as finished windows, in order: window 0 is text -> video, each later one a
         forward extension of the same size from the last frames made. Window w uses seed + w.
-        Nothing is kept from one window to the next but `context` latents' worth of pixel frames."""
+        Nothing is kept from one window to the next but `context` latents' worth of pixel frames.
+        Exactly seconds * fps frames in all (module doc: Durations): made at the model's rate, the
+        last window cut to the total, and each window's frames resampled to fps as they come."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
+        t = self._timing(s["seconds"], s["fps"])
         Wd, Ht, box, _ = self._grid(*self._size(width, height))
-        total = tasks.pixel_frames(self._frames_for(s["seconds"], s["fps"]), self.temporal)
-        W = self._frames_for(window, s["fps"])
+        total = t.made
+        W = self._frames_for(window, t.rate)
         k = max(1, min(context, W - 1))
         caption, _ = self._read_prompt(prompt, seed, expand)
         kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress)
         plan = tasks.text_to_video(self.dit.config.in_channels, W, *self._latent_hw(Wd, Ht))
         frames = self.decode(self.sample(plan, caption, negative_prompt, seed=seed, **kw))
         span = tasks.tail_span(k, self.temporal)
-        done, index, recent = 0, 0, frames[:0]
+        done, given, index, recent = 0, 0, 0, frames[:0]  # frames made, frames given out
         while True:
             frames = frames[: total - done]
-            done += len(frames)
+            start, done = done, done + len(frames)
             recent = torch.cat([recent, frames])[-span:] if done < total else recent[:0]  # the next context
             held = plan.frames + (k if index else 0)  # this window's latent (+ the context it was pinned to)
-            yield Window(index, crop_frames(frames, box), held, len(recent))
+            out = frames
+            if t.resampled:  # the output frames whose source frame is in this window
+                picks = []
+                while given < t.frames and (i := hold_index(given, total, t.rate, t.fps)) < done:
+                    picks.append(i - start)
+                    given += 1
+                out = frames[picks]
+            yield Window(index, crop_frames(out, box), held, len(recent))
             if done >= total:
                 return
             index += 1
@@ -734,9 +812,10 @@ class Pipeline:
         """A video of any length by windows (see `long_windows`). With `out` (.mp4, .mkv, .mov or
         .webm) each window's frames are encoded to the file as soon as they are made, so memory
         does not grow with the length; without it the frames are returned."""
-        fps = float(kw.get("fps") or self.defaults["fps"])
+        t = self._timing(seconds, kw.get("fps") or self.defaults["fps"])  # checked before a file is opened
+        fps = t.fps
         caption, said = self._read_prompt(prompt, kw.get("seed", 0), kw.get("expand"))
-        notes = self._grid(*self._size(kw.get("width"), kw.get("height")))[3]
+        notes = self._grid(*self._size(kw.get("width"), kw.get("height")))[3] + t.notices
         if out is None:
             frames = torch.cat([win.frames for win in self.long_windows(prompt, seconds, window, **kw)])
             return Output(Video(frames, fps), caption, notices=said + notes)
@@ -846,9 +925,11 @@ def pack_model(source: str | os.PathLike, out: str | os.PathLike, *, vae: str | 
 
     src = resolve(source)
     spec = _read_json(src / PIPELINE_FILE)
-    unknown = sorted(set(defaults or {}) - set(DEFAULTS))
+    unknown = sorted(set(defaults or {}) - set(DEFAULT_KEYS))
     if unknown:
-        raise KinemaError(f"unknown defaults {unknown}; known: {sorted(DEFAULTS)}")
+        raise KinemaError(f"unknown defaults {unknown}; known: {sorted(DEFAULT_KEYS)}")
+    if "fps_range" in (defaults or {}):
+        tasks.check_frame_rates(defaults["fps_range"])
     if vae is not None:
         load_vae(vae)  # a clear error before anything is written if the name does not resolve
     dst = Path(out)
@@ -909,7 +990,8 @@ def make_test_pipeline(directory: str | os.PathLike, seed: int = 0, hidden: int 
         text = BuiltinTextEncoder.from_texts(world_captions(60, seed), text_cfg)
         model = FlowModel(dit, text)
         cfg = DiTTrainConfig(vae="vae", hidden=hidden, depth=depth, text_dim=text_dim, text_depth=1, text_heads=2)
-        run = SimpleNamespace(model=model, d=Dist(0, 1, 0, torch.device("cpu")), ema=EMA(model, 0.0), cfg=cfg, step=0)
+        run = SimpleNamespace(model=model, d=Dist(0, 1, 0, torch.device("cpu")), ema=EMA(model, 0.0), cfg=cfg, step=0,
+                              extent=(0, 0, 0), min_side=0)  # fmt: skip
         export_weights(run, out)
     return out
 

@@ -34,6 +34,13 @@ Frames a window adds (`new_frames`): extend forward by n latents: 4n frames afte
 extend backward by n + 1 latents: 4n frames before it; connect with m middle latents: 4m - 1
 frames between A and B.
 
+Durations. A video of `seconds` for a file at F fps (`timing`): the model makes its frames at
+r, F clamped into the rates it makes natively (pipeline.json's "fps_range"), N = seconds * r
+of them rounded to whole frames: the 1 + 4k frames that cover N are sampled and the first N
+kept. If F is not r, the N frames are resampled in time (sample and hold) to M = seconds * F
+frames. What was rounded or resampled is stated in notices. Extend and connect make their new
+frames at the input's rate: exactly seconds * rate of them.
+
 Long video. Window 1 is text -> video of `window` latent frames; every later window is a
 forward extension of the same size: `context` tail latents re-encoded from the last
 `tail_span(context)` pixel frames written, then `window - context` new latents. Each finished
@@ -52,6 +59,7 @@ never saw.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -60,26 +68,38 @@ from kinema.errors import KinemaError
 from kinema.sampling import Plan
 
 __all__ = [
+    "MAX_FPS",
+    "MAX_SECONDS",
     "Plan",
+    "Timing",
+    "check_fps",
+    "check_frame_rates",
+    "check_seconds",
     "check_size",
     "covering_size",
     "connect",
+    "duration_notice",
     "extend_backward",
     "extend_forward",
+    "frame_count",
     "head_context",
     "head_span",
     "image_to_video",
     "latent_frames_for",
+    "latents_covering",
     "new_frames",
     "pixel_frames",
     "sdedit",
     "tail_span",
     "text_to_image",
     "text_to_video",
+    "timing",
 ]
 
 TEMPORAL = 4  # pixel frames per latent frame after the first (the VAE's temporal factor)
 SIZE_MULTIPLE = 16  # pixels per token side: the VAE's 8 x the patch's 2
+MAX_SECONDS = 3600.0  # the long-video limit; long videos are made in windows, so memory does not grow
+MAX_FPS = 240.0
 
 
 # ---------------------------------------------------------------- sizes and frame counts
@@ -113,6 +133,93 @@ def latent_frames_for(seconds: float, fps: float, temporal: int = TEMPORAL, mini
     if not (fps > 0 and math.isfinite(fps)):
         raise KinemaError(f"fps must be a positive number; got {fps}")
     return max(minimum, 1 + round((seconds * fps - 1) / temporal))
+
+
+def check_seconds(seconds: float) -> float:
+    """`seconds` as a float if it is a positive finite number up to MAX_SECONDS, else KinemaError."""
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        raise KinemaError(f"seconds must be a number; got {seconds!r}") from None
+    if not (s > 0 and math.isfinite(s)):
+        raise KinemaError(f"seconds must be a positive number; got {seconds}")
+    if s > MAX_SECONDS:
+        raise KinemaError(f"seconds must be at most {MAX_SECONDS:g} (the long-video limit); got {seconds:g}")
+    return s
+
+
+def check_fps(fps: float) -> float:
+    """`fps` as a float if it is a positive finite number up to MAX_FPS, else KinemaError."""
+    try:
+        f = float(fps)
+    except (TypeError, ValueError):
+        raise KinemaError(f"fps must be a number; got {fps!r}") from None
+    if not (f > 0 and math.isfinite(f)):
+        raise KinemaError(f"fps must be a positive number; got {fps}")
+    if f > MAX_FPS:
+        raise KinemaError(f"fps must be at most {MAX_FPS:g}; got {fps:g}")
+    return f
+
+
+def check_frame_rates(rates) -> tuple[float, float]:
+    """A model's "fps_range" [lo, hi] as floats, 0 < lo <= hi <= MAX_FPS, else KinemaError."""
+    try:
+        lo, hi = (float(r) for r in rates)
+    except (TypeError, ValueError):
+        raise KinemaError(f"fps_range must be two numbers [lo, hi]; got {rates!r}") from None
+    if not (0 < lo <= hi <= MAX_FPS):
+        raise KinemaError(f"fps_range must be [lo, hi] with 0 < lo <= hi <= {MAX_FPS:g}; got {rates!r}")
+    return lo, hi
+
+
+def frame_count(seconds: float, fps: float, minimum: int = 2) -> int:
+    """Whole frames in `seconds` at `fps`: seconds * fps rounded half up, at least `minimum`."""
+    return max(minimum, math.floor(seconds * fps + 0.5 + 1e-9))  # 1e-9: 2.05 s * 30 is 61.5, not 61.4999...
+
+
+def latents_covering(frames: int, temporal: int = TEMPORAL, minimum: int = 2) -> int:
+    """Latent frames of the shortest clip of 1 + temporal k pixel frames that holds `frames`."""
+    return max(minimum, 1 + -(-(frames - 1) // temporal))
+
+
+def duration_notice(seconds: float, fps: float, frames: int) -> tuple[str, ...]:
+    """The notice that `frames` at `fps` is not exactly `seconds`, or none."""
+    if abs(frames / fps - seconds) <= 1e-9 * max(1.0, seconds):
+        return ()
+    return (f"{seconds:g} s at {fps:g} fps is {frames} frame{'s' * (frames != 1)} ({frames / fps:.4g} s)",)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How a duration is made: `made` frames at the model's `rate`, shown as `frames` at `fps`."""
+
+    seconds: float
+    fps: float  # the file's rate F
+    rate: float  # the rate the model makes frames at: F clamped into its frame rates
+    made: int  # N = seconds * rate, whole frames
+    frames: int  # M = seconds * fps, whole frames: the output
+    notices: tuple[str, ...] = ()
+
+    @property
+    def resampled(self) -> bool:
+        return self.fps != self.rate
+
+
+def timing(seconds: float, fps: float, frame_rates: tuple[float, float]) -> Timing:
+    """The duration rule (module doc): `seconds` for a file at `fps`, by a model that makes frames
+    natively at rates in `frame_rates` (lo, hi). Checks seconds and fps (KinemaError)."""
+    seconds, fps = check_seconds(seconds), check_fps(fps)
+    lo, hi = frame_rates
+    rate = min(max(fps, lo), hi)
+    made, frames = frame_count(seconds, rate), frame_count(seconds, fps)
+    notes = duration_notice(seconds, fps, frames)
+    if fps > hi:
+        notes += (f"{fps:g} fps is above the model's {hi:g} fps: made at {hi:g} fps and resampled in time "
+                  "(frames repeated)",)  # fmt: skip
+    elif fps < lo:
+        notes += (f"{fps:g} fps is below the model's {lo:g} fps: made at {lo:g} fps and resampled in time "
+                  "(frames dropped)",)  # fmt: skip
+    return Timing(seconds, fps, rate, made, frames, notes)
 
 
 def tail_span(k: int, temporal: int = TEMPORAL) -> int:

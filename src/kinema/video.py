@@ -17,6 +17,8 @@ Reading (`read_video`, `probe`)
 - `fps=` resamples by sample and hold: output frame k shows the source frame that is on screen
   at time k / fps (see `resample_indices`). Frames that are dropped are decoded (later frames
   depend on them) but never converted to RGB, and decoding stops once `max_frames` are kept.
+- `hold_indices` and `span_indices` retime frames in memory to an exact count (the pipeline's
+  durations at any fps, a loop's turn, a connect's middle).
 
 Writing (`write_video`), chosen by extension
 - .mp4 .mov .mkv: H.264 (libx264), yuv420p, BT.709, `crf` quality; mp4 and mov are written
@@ -121,6 +123,39 @@ def resample_indices(n_src: int, src_fps: float, dst_fps: float) -> list[int]:
     while (i := _source_index(len(indices), src_fps, dst_fps)) < n_src:
         indices.append(i)
     return indices
+
+
+def hold_index(k: int, n_src: int, src_fps: float, dst_fps: float) -> int:
+    """The source frame that output frame k shows when `n_src` frames at `src_fps` play at
+    `dst_fps`: the one on screen at time k / dst_fps, the last frame held past the end."""
+    return min(n_src - 1, _source_index(k, src_fps, dst_fps))
+
+
+def hold_indices(n_src: int, src_fps: float, dst_fps: float, count: int) -> list[int]:
+    """Exactly `count` output frames of `n_src` frames at `src_fps` played at `dst_fps`, by sample
+    and hold (`hold_index`): as `resample_indices`, but the count is given, so a clip made at one
+    rate lasts exactly count / dst_fps seconds at another (frames repeated or dropped)."""
+    if n_src < 1 or count < 0 or not (0 < src_fps < math.inf and 0 < dst_fps < math.inf):
+        raise VideoError(f"hold_indices needs n_src >= 1, count >= 0 and finite fps > 0; got {n_src}, {count}, "
+                         f"{src_fps}, {dst_fps}")  # fmt: skip
+    return [hold_index(k, n_src, src_fps, dst_fps) for k in range(count)]
+
+
+def span_indices(n_src: int, count: int, cyclic: bool = False) -> list[int]:
+    """`n_src` frames retimed to exactly `count`, their span stretched or squeezed in time.
+
+    cyclic=False: frames that lie between two others (the middle of a connect): the first and
+    the last are kept, and output k shows the source frame nearest to its place in between.
+    cyclic=True: one turn of a loop (the frame after the last is the first): output k shows the
+    frame on screen at k / count of the turn (sample and hold), so the turn stays seamless.
+    """
+    if n_src < 1 or count < 0:
+        raise VideoError(f"span_indices needs n_src >= 1 and count >= 0; got {n_src}, {count}")
+    if cyclic:
+        return [k * n_src // count for k in range(count)]
+    if count == 1:
+        return [(n_src - 1) // 2]
+    return [math.floor(k * (n_src - 1) / (count - 1) + 0.5) for k in range(count)]
 
 
 def _pick(

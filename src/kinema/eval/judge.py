@@ -34,6 +34,9 @@ Metrics (each a `Score`; None where the prompt asks nothing it could check):
     gravity      falling bodies follow parabolas with downward acceleration, bouncing at the floor
     persistence  the painted stroke never shrinks, and grows while the brush paints
     camera       (pans) both hill bands move against the pan, the near band more than the far
+    horizon      one horizon where the world puts it: sky across the top rows, ground across the
+                 bottom rows and nowhere above the ground line (a scene tiled at a size the model
+                 never saw repeats its bands down the frame)
 Task metrics (for the tasks of kinema.tasks): first_frame, seam, loop_seam, connect, sdedit.
 """
 
@@ -508,6 +511,20 @@ def read_background(frames: np.ndarray, labels: np.ndarray) -> tuple[list[str], 
     return skies, grounds, float(top)
 
 
+def background_rows(frames: np.ndarray, sky: str, ground: str, most: int = 8) -> np.ndarray:
+    """(2, H): per row, the share of its pixels that are the sky's and the ground's colour (the
+    nearest of the four background colours, the two hill shades included, and within 40 of it),
+    the mean over at most `most` frames spread over the clip."""
+    from kinema.world.render import layer_colors
+
+    colors = np.array([SKY_COLORS[sky], GROUND_COLORS[ground], *layer_colors(sky, ground)], np.float32)  # (4, 3)
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(most, len(frames))).round().astype(int))
+    px = frames[pick].astype(np.float32)  # (N, H, W, 3)
+    dist = np.stack([np.linalg.norm(px - c, axis=-1) for c in colors])  # (4, N, H, W)
+    nearest, close = dist.argmin(0), dist.min(0) < 40
+    return np.stack([((nearest == k) & close).mean(axis=(0, 2)) for k in (0, 1)])  # (2, H)
+
+
 def _band_shifts(band: np.ndarray, weight: np.ndarray, ref: np.ndarray, ref_w: np.ndarray, reach: int) -> np.ndarray:
     """Per frame n, the sub-pixel d that best explains band[n](x) = ref[n](x + d): masked mean
     squared difference over whole-pixel d in [-reach, reach], then a parabola through the best
@@ -608,6 +625,7 @@ class Seen:
     skies: list[str]
     grounds: list[str]
     ground_y: float
+    rows: np.ndarray = field(repr=False)  # (2, H): share of each row that is the sky's, the ground's colour
     camera: dict[str, np.ndarray]  # far, near: screen motion since frame 0, px
     brush: str | None  # the asked brush's colour, whose pixels are the stroke
     pieces: np.ndarray = field(repr=False)  # (T, colours): regions of >= 4 px away from the post
@@ -633,7 +651,8 @@ def see(frames: np.ndarray, fps: float, spec: SceneSpec) -> Seen:
     brush = spec.brush.color if spec.brush is not None else None
     detections = _detections(table, ids, posts, least, {brush} if brush else set())
     skies, grounds, ground_y = read_background(frames, labels)
-    return Seen(W, H, float(fps), labels, detections, track(detections), posts, skies, grounds, ground_y,
+    rows = background_rows(frames, _most(skies), _most(grounds))
+    return Seen(W, H, float(fps), labels, detections, track(detections), posts, skies, grounds, ground_y, rows,
                 camera_motion(frames, labels, detections, posts), brush, _pieces(table, posts))  # fmt: skip
 
 
@@ -650,7 +669,7 @@ def _pieces(table: dict, posts: list) -> np.ndarray:
 
 # ---------------------------------------------------------------- helpers for the metrics
 
-METRICS = ("objects", "motion", "consistency", "permanence", "gravity", "persistence", "camera")
+METRICS = ("objects", "motion", "consistency", "permanence", "gravity", "persistence", "camera", "horizon")
 
 
 def _ramp(x: float, bad: float, good: float) -> float:
@@ -1370,6 +1389,30 @@ def score_camera(seen: Seen, spec: SceneSpec) -> Score:
     return _score(value, _join(notes, f"pans with parallax: near {near[-1]:+.1f} px, far {far[-1]:+.1f} px"))
 
 
+# ---------------------------------------------------------------- horizon
+
+# Where the world's bands lie (fractions of the height; `kinema.world.physics.plan`): the ground
+# line at 0.76 - 0.80, the far mountains' tops no higher than 0.41, so rows above SKY_ROWS are sky
+# and rows below GROUND_ROWS ground, wherever the hills and the camera are.
+SKY_ROWS, GROUND_ROWS, ABOVE_GROUND = 0.35, 0.84, 0.72
+ROW_SHARE = 0.5  # a row is sky (ground) when this share of it has the colour; objects cover the rest
+
+
+def score_horizon(seen: Seen, spec: SceneSpec) -> Score:
+    """One horizon at the world's height: the mean of three shares of rows, each as it should
+    be: the top rows (above 35%) sky, the bottom rows (below 84%) ground, and no ground-coloured
+    row above 72%. A frame whose bands repeat (a second horizon) fails the last two."""
+    H = seen.height
+    sky, ground = seen.rows >= ROW_SHARE  # (H,), (H,)
+    y = (np.arange(H) + 0.5) / H
+    parts = {"sky at the top": sky[y < SKY_ROWS].mean(), "ground at the bottom": ground[y > GROUND_ROWS].mean(),
+             "no ground above the horizon": 1.0 - ground[y < ABOVE_GROUND].mean()}  # fmt: skip
+    parts = {k: float(v) for k, v in parts.items() if not np.isnan(v)}
+    notes = [f"{k}: {v:.0%} of those rows" for k, v in parts.items() if v < 0.95]
+    value = float(np.mean(list(parts.values()))) if parts else 0.0
+    return _score(value, _join(notes, f"one horizon, ground line at {seen.ground_y / H:.0%} of the height"))
+
+
 # ---------------------------------------------------------------- the judge
 
 
@@ -1381,6 +1424,7 @@ SCORERS = {
     "gravity": score_gravity,
     "persistence": score_persistence,
     "camera": score_camera,
+    "horizon": score_horizon,
 }
 
 

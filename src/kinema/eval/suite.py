@@ -40,8 +40,6 @@ from kinema.eval import judge as J
 from kinema.world.spec import COLORS, BrushSpec, ObjectSpec, SceneSpec
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
     from kinema.pipeline import Pipeline
 
 ClipSource = Callable[[str, int, int, float, float, int], np.ndarray]
@@ -146,7 +144,36 @@ def full() -> list[Case]:
     return cases
 
 
-SUITES: dict[str, Callable[[], list[Case]]] = {"quick": quick, "full": full}
+# one scene a size, the three in turn: the same prompts at trained sizes and at sizes the model
+# never saw, to tell what the size alone costs (`by_group`)
+_SIZE_SCENES = [
+    _scene(_o("red", "medium", "ball", "fall"), sky="light blue", ground="green grass"),
+    _scene(_o("blue", "large", "square", "static"), sky="pale yellow", ground="sand"),
+    _scene(_o("yellow", "medium", "star", "slide", "right"), sky="dark blue", ground="grey stone"),
+]
+_SIZE_GROUPS = {
+    "trained": [(224, 128), (128, 224), (160, 160)],
+    "wide": [(640, 272), (512, 128), (800, 336)],
+    "tall": [(270, 480), (144, 400), (360, 640)],
+    "small": [(48, 27), (32, 32), (40, 64)],
+    "hd": [(960, 540), (1920, 1080), (540, 960), (1080, 1920)],
+}
+
+
+def sizes() -> list[Case]:
+    """16 short clips (5 frames at 8 fps) of three scenes: at sizes inside the world model's
+    training (at most 14 x 16 tokens of 16 px), widescreen, vertical, very small and 1920x1080-
+    shaped. Names are GROUP: size; compare groups with `by_group`. Slow at the largest sizes."""
+    cases, i = [], 0
+    for group, shapes in _SIZE_GROUPS.items():
+        for w, h in shapes:
+            spec = _SIZE_SCENES[i % len(_SIZE_SCENES)]
+            cases.append(Case(f"{group}: {w}x{h}", spec, w, h, seconds=0.625, fps=8.0, seed=40 + i))
+            i += 1
+    return cases
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {"quick": quick, "full": full, "sizes": sizes}
 
 
 def suite(name: str) -> list[Case]:
@@ -235,31 +262,16 @@ def load_model(model: str | Pipeline) -> Pipeline:
     return model if isinstance(model, Pipeline) else Pipeline.from_pretrained(model)
 
 
-def _made_size(pipe: Pipeline, width: int, height: int) -> tuple[int, int]:
-    """The size the model makes for width x height: each side up to its multiple (160x90 -> 160x96)."""
-    m = pipe.multiple
-    return -(-width // m) * m, -(-height // m) * m
-
-
-def _centre_crop(frames: Tensor, width: int, height: int) -> np.ndarray:
-    """uint8 (T, H, W, 3) -> (T, height, width, 3) numpy, cut from the middle."""
-    top, left = (frames.shape[1] - height) // 2, (frames.shape[2] - width) // 2
-    return frames[:, top : top + height, left : left + width].numpy()
-
-
 def model_source(model: str | Pipeline) -> ClipSource:
     """THE door for trained models: a model NAME ("world"), folder PATH or loaded Pipeline -> a ClipSource.
 
     Generates each prompt with the model's defaults (steps, guidance) and the prompt as the
     caption (suite prompts are full world captions, which the world grammar would expand to
-    themselves). A size that is not a multiple of the model's 16 pixels (160x90) is generated
-    at the next multiple up (160x96) and centre-cropped to size."""
+    themselves), at exactly the case's size (the pipeline's size rule)."""
     pipe = load_model(model)
 
     def make(prompt: str, width: int, height: int, seconds: float, fps: float, seed: int) -> np.ndarray:
-        w, h = _made_size(pipe, width, height)
-        frames = pipe.generate(prompt, w, h, seconds, fps, seed=seed, expand=False, progress=False).frames
-        return _centre_crop(frames, width, height)
+        return pipe.generate(prompt, width, height, seconds, fps, seed=seed, expand=False, progress=False).frames.numpy()
 
     return make
 
@@ -270,8 +282,7 @@ def model_task_scores(pipe: Pipeline, case: Case, real: np.ndarray) -> dict[str,
     rest; a loop, whose seam is judged against the render's steps; connect its first and last
     T // 3 frames; SDEdit it into the scene with the first object recoloured. Sampled as
     `model_source` samples: the model's steps and guidance, the case's seed, the prompt as the
-    caption. Video inputs keep their size (the pipeline pads and crops back); the loop, made from
-    text, is centre-cropped like a generated clip."""
+    caption. Every answer has the case's size (inputs keep theirs; the loop is made at it)."""
     import torch
 
     from kinema.video import Video
@@ -286,8 +297,7 @@ def model_task_scores(pipe: Pipeline, case: Case, real: np.ndarray) -> dict[str,
 
     animated = pipe.animate(real[0], prompt, seconds=case.seconds, fps=fps, **kw).frames.numpy()
     extended = pipe.extend(video(given), prompt, "forward", seconds=(T - half) / fps, **kw).frames.numpy()
-    w, h = _made_size(pipe, case.width, case.height)
-    looped = _centre_crop(pipe.loop(prompt, w, h, case.seconds, fps, **kw).frames, case.width, case.height)
+    looped = pipe.loop(prompt, case.width, case.height, case.seconds, fps, **kw).frames.numpy()
     connected = pipe.connect(video(a), video(b), prompt, seconds=(T - 2 * q) / fps, **kw).frames.numpy()
     scores = {
         "first_frame": J.first_frame(animated, real[0]),
@@ -312,8 +322,10 @@ def model_tasks(model: str | Pipeline) -> TaskSource:
 def sources(name: str, settings: dict | None = None) -> tuple[ClipSource, TaskSource]:
     """'real', 'baseline:KIND', 'vae:NAME' or a model NAME / PATH -> what answers the prompts
     and what answers the tasks (a model or VAE is loaded once, for both). settings: sampling
-    defaults for a model ({"steps": 30, "guidance": 6.0}), in place of its own."""
+    defaults for a model ({"steps": 30, "guidance": 6.0}), in place of its own; "compose": False
+    samples sizes beyond the model's training in one pass (`kinema.composition`), as before it."""
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    compose = settings.pop("compose", True)
     if settings and (name == "real" or name.startswith(("baseline:", "vae:"))):
         raise KinemaError(f"{', '.join(settings)} apply to a trained model, not to {name!r}")
     if name == "real":
@@ -324,7 +336,11 @@ def sources(name: str, settings: dict | None = None) -> tuple[ClipSource, TaskSo
     if name.startswith("vae:"):
         trip = vae_roundtrip(name.split(":", 1)[1])
         return (lambda *args: trip(real_source(*args))), lambda case, real: task_scores(case, real, trip)
+    if not compose and (name == "real" or name.startswith(("baseline:", "vae:"))):
+        raise KinemaError(f"compose applies to a trained model, not to {name!r}")
     pipe = load_model(name)
+    if not compose:  # the model as it was before: every size sampled at once, positions unscaled
+        pipe.dit.config = replace(pipe.dit.config, trained_extent=None)
     if settings:
         pipe.defaults.update(pipe._settings(**settings))  # checked as a generate call checks them
     return model_source(pipe), model_tasks(pipe)
@@ -390,6 +406,19 @@ def aggregate(results: list[ClipResult]) -> dict[str, float | None]:
     for name in names:
         values = [r.scores[name].value for r in results if r.scores.get(name) and r.scores[name].value is not None]
         out[name] = float(np.mean(values)) if values else None
+    return out
+
+
+def by_group(results: list[ClipResult], metrics: tuple[str, ...] | None = None) -> dict[str, dict[str, float | None]]:
+    """Group (the part of a case name before ':'; the whole name without one) -> `aggregate` of
+    its clips, in the order groups first appear; `metrics` keeps those only."""
+    groups: dict[str, list[ClipResult]] = {}
+    for r in results:
+        groups.setdefault(r.case.name.split(":", 1)[0], []).append(r)
+    out = {}
+    for g, rs in groups.items():
+        totals = aggregate(rs)
+        out[g] = {m: totals.get(m) for m in metrics} if metrics else totals
     return out
 
 

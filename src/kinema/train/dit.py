@@ -42,7 +42,7 @@ import types
 import typing
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -437,6 +437,48 @@ class Run:
     null_text: Tensor | None
     step: int = 0
     peak_flops: float | None = None  # of one GPU, for MFU
+    extent: tuple[int, int, int] = (0, 0, 0)  # the largest token grid (t, h, w) trained on, this rank
+    min_side: int = 0  # the shortest spatial side (tokens) of a sample trained on, this rank; 0: none yet
+
+    def saw(self, positions: Tensor, doc_ids: Tensor) -> None:
+        """Widen `extent` and `min_side` to the samples of a packed sequence (positions (L, 3),
+        doc_ids (L,), -1 on padding)."""
+        keep = doc_ids >= 0
+        if not keep.any():
+            return
+        pos, doc = positions[keep], doc_ids[keep]
+        grid = torch.zeros(int(doc.max()) + 1, 3, dtype=pos.dtype)
+        grid = grid.scatter_reduce(0, doc[:, None].expand(-1, 3), pos, "amax") + 1  # (samples, 3)
+        grid = grid[torch.unique(doc)]
+        self.extent = tuple(max(a, int(b)) for a, b in zip(self.extent, grid.amax(0).tolist(), strict=True))
+        short = int(grid[:, 1:].amin())
+        self.min_side = short if self.min_side == 0 else min(self.min_side, short)
+
+
+UNSEEN = 2**31  # a rank's min_side before its first step, in the reduction over ranks
+
+
+def trained_config(config: DiTConfig, extent: Sequence[int], min_side: int) -> DiTConfig:
+    """The DiT config an export writes: `trained_extent` widened to the spatial grid seen in
+    training (h, w; time stays 0, never scaled: long videos are made in windows) and
+    `trained_min_side` narrowed to the shortest side seen (0 before any step)."""
+    old = config.trained_extent or (0, 0, 0)
+    h, w = max(old[1], int(extent[1])), max(old[2], int(extent[2]))
+    if not (h and w):
+        return config
+    least = [v for v in (config.trained_min_side, int(min_side)) if v > 0]
+    return replace(config, trained_extent=(old[0], h, w), trained_min_side=min(least, default=0))
+
+
+def _all_reduce(values: Sequence[int], d: Dist, op: str) -> tuple[int, ...]:
+    """Whole numbers reduced over the ranks: op "max" or "min"."""
+    if not d.distributed:
+        return tuple(int(v) for v in values)
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values), dtype=torch.long, device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
+    return tuple(int(v) for v in t.tolist())
 
 
 def _all_sum(value: float, d: Dist) -> float:
@@ -546,6 +588,8 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
         apply_train_state(model, optimizer, state)
         data.load_state_dict({"position": meta["position"]})
         run.step = int(meta["step"])
+        run.extent = tuple(meta.get("extent", (0, 0, 0)))  # checkpoints before them: what comes next
+        run.min_side = int(meta.get("min_side", 0))
     return run
 
 
@@ -578,7 +622,8 @@ def _init_from(run: Run, directory: str, reset: Sequence[str]) -> None:
 
 def save(run: Run) -> Path:
     state = train_state(run.model, run.optimizer, run.ema)
-    meta = {"position": run.data.position, "config": run.cfg.to_dict()}
+    meta = {"position": run.data.position, "config": run.cfg.to_dict(), "extent": list(run.extent),
+            "min_side": run.min_side}
     return save_checkpoint(run.root / "checkpoints", run.step, state, meta, run.d, keep=run.cfg.keep_checkpoints)
 
 
@@ -600,6 +645,7 @@ def train_step(run: Run) -> dict[str, float]:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
     loss_sum = torch.zeros((), device=dev)
     for m in micro:
+        run.saw(m.positions, m.doc_ids)
         captions, text, text_mask = m.captions, m.text, m.text_mask
         if text is not None:
             captions, text, text_mask = None, text.to(dev), text_mask.to(dev)
@@ -686,6 +732,8 @@ def export_weights(run: Run, out: str | os.PathLike) -> Path:
 
     model, d = run.model, run.d
     out = Path(out)
+    extent = _all_reduce(run.extent, d, "max")
+    (min_side,) = _all_reduce([run.min_side or UNSEEN], d, "min")
     live = {n: p.detach().clone() for n, p in model.named_parameters()}
     run.ema.copy_to(model)
     # without FSDP these tensors share storage with the parameters: write them before restoring
@@ -697,7 +745,7 @@ def export_weights(run: Run, out: str | os.PathLike) -> Path:
         tmp = out / f".{DIT_WEIGHTS}.tmp"
         save_file(dit_sd, str(tmp), metadata=meta)
         os.replace(tmp, out / DIT_WEIGHTS)
-        write_json(out / DIT_CONFIG, model.dit.config.to_dict())
+        write_json(out / DIT_CONFIG, trained_config(model.dit.config, extent, min_side % UNSEEN).to_dict())
         text_spec = run.cfg.text_encoder
         if model.text is not None:
             with torch.device("meta"):  # no allocation, no draw from the RNG
