@@ -6,15 +6,15 @@ rates and notices hold for any weights."""
 
 import json
 import math
-import sys
 
 import pytest
 import torch
 
-from kinema import cli, tasks
+from kinema import tasks
 from kinema.errors import KinemaError
 from kinema.pipeline import PIPELINE_FILE, Pipeline, make_test_pipeline, pack_model
 from kinema.video import Video, hold_indices, read_video, resample_indices, span_indices
+from tests.cli_helpers import run_cli
 
 FAST = dict(steps=2, progress=False, expand=False)
 SIZE = dict(width=32, height=32)
@@ -234,15 +234,6 @@ def test_every_task_rejects_seconds_outside_the_limits_before_sampling(pipe, cli
 
 
 # ---------------------------------------------------------------- the command line
-
-
-def run_cli(monkeypatch, capsys, *args):
-    """`kinema ARGS` in this process, through cli.main: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["kinema", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 @pytest.mark.parametrize(

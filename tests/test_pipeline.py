@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from kinema import cli, tasks
+from kinema import tasks
 from kinema.errors import KinemaError
 from kinema.pipeline import Pipeline, bench_generate, make_test_pipeline, match_seams
 from kinema.train.dit import load_export
 from kinema.video import Video, read_video, write_video
+from tests.cli_helpers import run_cli
 
 FAST = dict(steps=2, progress=False)
 SIZE = dict(width=32, height=32)
@@ -287,15 +288,6 @@ def test_long_video_memory_does_not_grow_with_windows(pipe, tmp_path):
 
 
 # ---------------------------------------------------------------- the command line
-
-
-def run_cli(monkeypatch, capsys, *args):
-    """`kinema ARGS` in this process, through cli.main: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["kinema", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_cli_train_pack(model_dir, tmp_path, monkeypatch, capsys):

@@ -135,30 +135,27 @@ def latent_frames_for(seconds: float, fps: float, temporal: int = TEMPORAL, mini
     return max(minimum, 1 + round((seconds * fps - 1) / temporal))
 
 
+def _positive(value, name: str, limit: float, why: str = "") -> float:
+    """`value` as a float if it is a positive finite number up to `limit`, else KinemaError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise KinemaError(f"{name} must be a number; got {value!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise KinemaError(f"{name} must be a positive number; got {value}")
+    if v > limit:
+        raise KinemaError(f"{name} must be at most {limit:g}{why}; got {value:g}")
+    return v
+
+
 def check_seconds(seconds: float) -> float:
     """`seconds` as a float if it is a positive finite number up to MAX_SECONDS, else KinemaError."""
-    try:
-        s = float(seconds)
-    except (TypeError, ValueError):
-        raise KinemaError(f"seconds must be a number; got {seconds!r}") from None
-    if not (s > 0 and math.isfinite(s)):
-        raise KinemaError(f"seconds must be a positive number; got {seconds}")
-    if s > MAX_SECONDS:
-        raise KinemaError(f"seconds must be at most {MAX_SECONDS:g} (the long-video limit); got {seconds:g}")
-    return s
+    return _positive(seconds, "seconds", MAX_SECONDS, " (the long-video limit)")
 
 
 def check_fps(fps: float) -> float:
     """`fps` as a float if it is a positive finite number up to MAX_FPS, else KinemaError."""
-    try:
-        f = float(fps)
-    except (TypeError, ValueError):
-        raise KinemaError(f"fps must be a number; got {fps!r}") from None
-    if not (f > 0 and math.isfinite(f)):
-        raise KinemaError(f"fps must be a positive number; got {fps}")
-    if f > MAX_FPS:
-        raise KinemaError(f"fps must be at most {MAX_FPS:g}; got {fps:g}")
-    return f
+    return _positive(fps, "fps", MAX_FPS)
 
 
 def check_frame_rates(rates) -> tuple[float, float]:
