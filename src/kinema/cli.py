@@ -237,6 +237,29 @@ def edit_cmd(
                      expand=expand, method=sampler, width=width, height=height, fit=fit), out)  # fmt: skip
 
 
+# ---------------------------------------------------------------- the web page (kinema.serve)
+
+@app.command("serve")
+def serve_cmd(
+    model: str = _MODEL, dtype: str = _DTYPE, offload: str = _OFFLOAD,
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 serves every network the machine is on (there is no login)."),
+    port: int = typer.Option(7860, help="Port to serve on."),
+    concurrency: int = typer.Option(1, min=1, help="Generations at once; they share the one model in memory."),
+    queue: int = typer.Option(8, min=0, help="Requests waiting beyond those; more are answered 'busy, try again'."),
+    max_pixels_frames: int = typer.Option(2_000_000, min=1, help="Largest result: width x height x frames."),
+    max_seconds: float = typer.Option(15.0, help="Longest result in seconds, its input included."),
+    max_upload_mb: float = typer.Option(20.0, help="Largest upload in MB."),
+    output_age: float = typer.Option(60.0, help="Minutes a result file is kept before it is deleted."),
+    outputs: Path = typer.Option(None, help="Folder for result files, one subfolder per browser session (default: a temporary folder, deleted on exit)."),
+) -> None:  # fmt: skip
+    """A web page for every prompting mode (Gradio), served until Ctrl-C: http://HOST:PORT."""
+    from kinema.serve import Limits, serve
+
+    limits = Limits(concurrency=concurrency, queue=queue, max_pixels_frames=max_pixels_frames,
+                    max_seconds=max_seconds, max_upload_mb=max_upload_mb, output_age=output_age)  # fmt: skip
+    serve(model, host, port, limits, outputs=outputs, dtype=dtype, offload=offload)
+
+
 # ---------------------------------------------------------------- world
 
 @world_app.command("render")
@@ -588,7 +611,7 @@ def bench_generate_cmd(
 
 @bench_app.command("compare")
 def bench_compare_cmd(
-    model: str = typer.Option("wan2.1-1.3b", help="A diffusers Wan folder, or a named config with random weights: wan2.1-1.3b, wan2.1-14b, tiny."),
+    model: str = typer.Option("wan2.1-1.3b", help="A diffusers Wan folder, or a named config with random weights: wan2.1-1.3b, wan2.1-14b, wan2.2-ti2v-5b, tiny."),
     size: str = typer.Option("256x256", help="WIDTHxHEIGHT of the video the DiT step and the decode are for."),
     frames: int = typer.Option(17, help="Pixel frames (1 + 4k)."),
     steps: int = typer.Option(3, min=1, help="Timed denoising steps a side (their median is reported), the sides alternating, after one warm-up step each."),
@@ -599,6 +622,7 @@ def bench_compare_cmd(
     vae_size: str = typer.Option(None, help="WIDTHxHEIGHT of the decode (default: --size)."),
     vae_frames: int = typer.Option(None, help="Pixel frames of the decode (default: --frames)."),
     vae_tile: int = typer.Option(None, help="Kinema decodes in spatial tiles of this many latent pixels (overlap blended); the reference untiled."),
+    layers: int = typer.Option(None, min=1, help="A named config built with only this many transformer blocks (where both sides at once would not fit in memory; a step's time scales with them)."),
 ) -> None:
     """The same Wan weights in Kinema and in the reference (diffusers), side by side: seconds and peak
     memory of a denoising step and of a VAE decode, their ratios, achieved GFLOP/s, max difference."""
@@ -606,7 +630,7 @@ def bench_compare_cmd(
 
     print_table(compare(model, *parse_size(size), frames=frames, steps=steps, dtype=dtype, guidance=guidance, vae=vae, dit=dit,
                         vae_frames=vae_frames, vae_size=parse_size(vae_size) if vae_size else None,
-                        vae_tile=vae_tile))  # fmt: skip
+                        vae_tile=vae_tile, layers=layers))  # fmt: skip
 
 
 def print_table(rows: list[dict]) -> None:
