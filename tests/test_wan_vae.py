@@ -1,6 +1,7 @@
-"""Wan 2.1's VAE on Kinema's VideoVAE equals diffusers' AutoencoderKLWan (the test oracle): encode
-mean and logvar, decode, chunked encode and decode_stream; the loader's errors and the latent
-normalisation. Tiny random models; every parameter perturbed so a wrong mapping cannot hide."""
+"""Wan 2.1's and Wan 2.2's VAEs on Kinema's VideoVAE equal diffusers' AutoencoderKLWan (the test
+oracle): encode mean and logvar, decode, chunked encode and decode_stream; the loader's errors and
+the latent normalisation. Tiny random models; every parameter perturbed so a wrong mapping cannot
+hide."""
 
 import json
 
@@ -17,7 +18,11 @@ from diffusers import AutoencoderKLWan  # noqa: E402
 TOL = 1e-4
 
 # name -> diffusers config: Wan 2.1's layout shrunk, and variants (z_dim 16 with three levels:
-# spatial factor 4; time halved at the top level only: temporal factor 2, with mixed widths).
+# spatial factor 4; time halved at the top level only: temporal factor 2, with mixed widths);
+# Wan 2.2 TI2V-5B's layout shrunk (is_residual, patch_size 2, wider decoder: 4x16x16, 48
+# channels), and its two options apart: the shortcuts without patches, time halved at the top
+# level (where the encoder's shortcut averages frames at full resolution); patches in Wan 2.1's
+# network.
 CONFIGS = {
     "wan21": dict(
         base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True],
@@ -27,6 +32,17 @@ CONFIGS = {
     ),
     "time_x2": dict(
         base_dim=4, z_dim=4, dim_mult=[1, 2, 1, 2], num_res_blocks=2, temperal_downsample=[True, False, False],
+    ),
+    "wan22": dict(
+        base_dim=8, decoder_base_dim=12, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+        temperal_downsample=[False, True, True], is_residual=True, patch_size=2, in_channels=12, out_channels=12,
+    ),
+    "residual_only": dict(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True], is_residual=True,
+    ),
+    "patch_only": dict(
+        base_dim=4, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True], patch_size=2,
+        in_channels=12, out_channels=12,
     ),
 }  # fmt: skip
 
@@ -223,9 +239,14 @@ def test_wrong_folders_are_kinema_errors(models, tmp_path):
     with pytest.raises(KinemaError, match="do not match"):
         load_wan_vae(tmp_path / "vae")
 
-    for wan22 in ({"is_residual": True}, {"patch_size": 2}):
-        with pytest.raises(KinemaError, match="Wan 2.2"):
-            WanVAEConfig.from_diffusers({**config, **wan22})
+    with pytest.raises(KinemaError, match="multiple of patch_size"):  # diffusers counts channels after patchify
+        WanVAEConfig.from_diffusers({**config, "patch_size": 2})
+    with pytest.raises(KinemaError, match="is_residual needs each encoder level"):
+        WanVAEConfig.from_diffusers({**config, "is_residual": True, "dim_mult": [1, 2, 3, 3]})
+    with pytest.raises(KinemaError, match="is_residual needs each decoder level"):
+        WanVAEConfig.from_diffusers({**config, "is_residual": True, "dim_mult": [1, 1, 8, 8]})
+    with pytest.raises(KinemaError, match="patch_size"):
+        WanVAEConfig(patch_size=0)
     with pytest.raises(KinemaError, match="attn_scales"):
         WanVAEConfig.from_diffusers({**config, "attn_scales": [1.0]})
     with pytest.raises(KinemaError, match="unknown keys"):
@@ -249,3 +270,141 @@ def test_tiled_decode_goes_tile_major_and_equals_the_tiled_stream(tmp_path):
             stream = torch.cat(list(vae.decode_stream(z, chunk=1, tile=6, overlap=2)), dim=2)
         assert major.shape == stream.shape == (1, 3, 13, 80, 112)
         assert (major - stream).abs().max().item() <= 1e-5
+
+
+# ------------------------------------------------------------------------------------ Wan 2.2
+
+# Wan2.2-TI2V-5B-Diffusers/vae/config.json but its 48 latents_mean / latents_std (clip_output is a
+# leftover of a diffusers pre-release that diffusers now ignores; in/out channels count the
+# patchified input).
+TI2V_5B = dict(
+    _class_name="AutoencoderKLWan", attn_scales=[], base_dim=160,
+    clip_output=False, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], dropout=0.0, in_channels=12, is_residual=True,
+    num_res_blocks=2, out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+    temperal_downsample=[False, True, True], z_dim=48,
+)  # fmt: skip
+
+
+def test_the_ti2v_5b_config_is_the_wan22_preset_and_loads_strictly():
+    """The published config reads as `WanVAEConfig.wan22()`, whose geometry is 4x16x16 in 48
+    channels, and whose parameters are the reference's by name and shape (both built on meta)."""
+    from kinema.vae.wan import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, _rename
+
+    stats = dict(latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD))
+    cfg = WanVAEConfig.from_diffusers({**TI2V_5B, **stats})
+    assert cfg == WanVAEConfig.wan22()
+    assert (cfg.in_channels, cfg.latent_channels, cfg.temporal_factor, cfg.spatial_factor) == (3, 48, 4, 16)
+    assert cfg.latent_shape(121, 704, 1280) == (48, 31, 44, 80) and cfg.num_frames(31) == 121
+    with torch.device("meta"):
+        ours = WanVAE(cfg).state_dict()
+        theirs = AutoencoderKLWan(**{k: v for k, v in TI2V_5B.items() if not k.startswith("_") and k != "clip_output"},
+                                  **stats).state_dict()  # fmt: skip
+    assert {_rename(k): tuple(v.shape) for k, v in theirs.items()} == {k: tuple(v.shape) for k, v in ours.items()}
+
+
+def test_wan22_config_reads_diffusers_and_derives_the_sizes(models):
+    ref, ours = models["wan22"]
+    cfg = ours.config
+    assert cfg.is_residual and cfg.patch_size == 2 and cfg.decoder_base_dim == 12
+    assert (cfg.in_channels, cfg.out_channels) == (3, 3)  # diffusers' 12: 3 x 2 x 2 after patchify
+    assert (cfg.latent_channels, cfg.temporal_factor, cfg.spatial_factor) == (48, 4, 16)
+    assert cfg.latent_shape(17, 64, 96) == (48, 5, 4, 6)
+    assert cfg.latent_mean == tuple(ref.config.latents_mean) and cfg.latent_std == tuple(ref.config.latents_std)
+    assert models["residual_only"][1].config.spatial_factor == 4
+    assert models["patch_only"][1].config.spatial_factor == 8
+
+
+@pytest.mark.parametrize("frames", [1, 5, 9, 17])
+def test_wan22_encode_matches_reference(models, frames):
+    ref, ours = models["wan22"]
+    x = video(frames, 64, 96)
+    with torch.no_grad():
+        theirs = ref.encode(x).latent_dist
+        posterior = ours.encode(x)
+    assert_close(posterior.mean, theirs.mean, f"wan22 encode mean, {frames} frames")
+    assert_close(posterior.logvar, theirs.logvar, f"wan22 encode logvar, {frames} frames")
+    assert posterior.size == (frames, 64, 96)
+
+
+@pytest.mark.parametrize("latent_frames", [1, 2, 3, 5])
+def test_wan22_decode_matches_reference(models, latent_frames):
+    ref, ours = models["wan22"]
+    z = latent(latent_frames, 48, 4, 6)
+    with torch.no_grad():
+        theirs = ref.decode(z).sample
+        y = ours.decode(z)
+    assert_close(y, theirs, f"wan22 decode, {latent_frames} latent frames")
+    assert y.shape == (1, 3, 1 + 4 * (latent_frames - 1), 64, 96)
+    assert (y.abs() < 0.99).float().mean() > 0.5  # mostly not saturated: the comparison means something
+
+
+@pytest.mark.parametrize("name", ["residual_only", "patch_only"])
+def test_wan22_options_apart_match_reference(models, name):
+    ref, ours = models[name]
+    for frames in (1, 9):
+        x = video(frames, 16, 24)
+        with torch.no_grad():
+            theirs = ref.encode(x).latent_dist
+            posterior = ours.encode(x)
+        assert_close(posterior.mean, theirs.mean, f"{name} encode mean, {frames} frames")
+        assert_close(posterior.logvar, theirs.logvar, f"{name} encode logvar, {frames} frames")
+    s = ours.config.spatial_factor
+    z = latent(3, ours.config.z_dim, 16 // s, 24 // s)
+    with torch.no_grad():
+        assert_close(ours.decode(z), ref.decode(z).sample, f"{name} decode, 3 latent frames")
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_wan22_chunked_encode_and_decode_stream_match_reference(models, chunk):
+    ref, ours = models["wan22"]
+    x, z = video(13, 32, 48), latent(5, 48, 2, 3)
+    with torch.no_grad():
+        theirs = ref.encode(x).latent_dist
+        posterior = ours.encode(x, chunk=chunk)
+        decoded = ref.decode(z).sample
+        pieces = list(ours.decode_stream(z, chunk=chunk))
+    assert_close(posterior.mean, theirs.mean, f"wan22 encode chunk={chunk}, mean")
+    assert_close(posterior.logvar, theirs.logvar, f"wan22 encode chunk={chunk}, logvar")
+    assert [p.shape[2] for p in pieces] == [1] + [4 * chunk] * (4 // chunk)
+    assert_close(torch.cat(pieces, dim=2), decoded, f"wan22 decode_stream chunk={chunk}")
+
+
+def test_wan22_whole_clip_call_equals_reference(models):
+    """The shortcuts' first-frame rule also lives in the layers: one call on a whole clip."""
+    ref, ours = models["wan22"]
+    x, z = video(9, 32, 48), latent(3, 48, 2, 3)
+    with torch.no_grad():
+        moments = ours._encode_net(x, None)
+        assert_close(moments[:, :48], ref.encode(x).latent_dist.mean, "wan22 encoder net, whole clip")
+        assert_close(ours._decode_net(z, None), ref.decode(z).sample, "wan22 decoder net, whole clip")
+        assert_close(ours._encode_net(x, {}), moments, "wan22 encoder net, one chunk with a cache")
+
+
+def test_wan22_pads_sizes_to_16_tiles_and_normalises(models):
+    ref, ours = models["wan22"]
+    x = video(5, 40, 72)  # padded to 48 x 80: a multiple of 16 is enough
+    with torch.no_grad():
+        theirs = ref.encode(F.pad(x, (0, 8, 0, 8, 0, 0), mode="replicate")).latent_dist
+        posterior = ours.encode(x)
+        assert posterior.size == (5, 40, 72)
+        assert_close(posterior.mean, theirs.mean, "wan22 encode 40x72 (padded to 48x80), mean")
+        assert ours.encode(video(5, 64, 96), tile=3, overlap=1).mean.shape == (1, 48, 2, 4, 6)
+        assert ours.decode(latent(2, 48, 4, 6), chunk=1, tile=3, overlap=1).shape == (1, 3, 5, 64, 96)
+    z = latent(2, 48, 2, 3)
+    mean = torch.tensor(ref.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(ref.config.latents_std).view(1, -1, 1, 1, 1)
+    assert_close(ours.normalize_latent(z), (z - mean) / std, "wan22 normalize_latent")
+
+
+def test_tiny_wan22_reference_folder_loads_and_matches(tmp_path):
+    """tests/wan_reference.py's tiny Wan 2.2 VAE (the pipeline tests' VAE), saved and loaded."""
+    from tests.wan_reference import tiny_vae_22
+
+    ref = tiny_vae_22(channels=8, seed=3)
+    ref.save_pretrained(tmp_path / "vae")
+    ours = load_wan_vae(tmp_path)
+    assert (ours.config.latent_channels, ours.config.spatial_factor) == (8, 16)
+    x, z = video(5, 32, 64), latent(2, 8, 2, 4)
+    with torch.no_grad():
+        assert_close(ours.encode(x).mean, ref.encode(x).latent_dist.mean, "tiny_vae_22 encode mean, 5 frames")
+        assert_close(ours.decode(z), ref.decode(z).sample, "tiny_vae_22 decode, 2 latent frames")

@@ -91,3 +91,19 @@ def save_wan_folder(path: Path, **kw):
     pipe = wan_pipeline(**kw)
     pipe.save_pretrained(str(path))
     return Path(path), pipe
+
+
+def tiny_vae_22(channels: int = 8, base: int = 8, decoder_base: int = 12, seed: int = 0):
+    """A tiny random Wan 2.2 TI2V VAE: Wan2.2-TI2V-5B's layout (is_residual, patch_size 2: 4x16x16,
+    dim_mult [1, 2, 4, 4], a wider decoder) with few channels and one residual block a level."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    model = AutoencoderKLWan(base_dim=base, decoder_base_dim=decoder_base, z_dim=channels, dim_mult=[1, 2, 4, 4],
+                             num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True, True],
+                             is_residual=True, patch_size=2, in_channels=12, out_channels=12,
+                             scale_factor_spatial=16, scale_factor_temporal=4,
+                             latents_mean=(torch.randn(channels, generator=g) * 0.3).tolist(),
+                             latents_std=(torch.rand(channels, generator=g) + 0.5).tolist())  # fmt: skip
+    return perturb(model, 0.05, seed).eval()

@@ -11,7 +11,7 @@ side's steps is reported. Peak memory comes from a fresh process per side: load,
 (Linux VmHWM, reset once the weights are in). The outputs of that step (the guided velocity)
 and of the decode are compared between the sides.
 
-A named config (`wan2.1-1.3b`, `wan2.1-14b`, `tiny`) is built with random weights by the
+A named config (`wan2.1-1.3b`, `wan2.1-14b`, `wan2.2-ti2v-5b`, `tiny`) is built with random weights by the
 reference classes and saved once in a temporary folder in the asked dtype, so the bench needs no
 download; a Wan folder (model_index.json) is used as it is. diffusers is needed (a development
 extra: `pip install -e '.[dev]'`).
@@ -35,12 +35,20 @@ from kinema.errors import KinemaError
 WAN_CONFIGS = {
     "wan2.1-1.3b": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
     "wan2.1-14b": dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
+    "wan2.2-ti2v-5b": dict(num_attention_heads=24, attention_head_dim=128, ffn_dim=14336, num_layers=30,
+                           in_channels=48, out_channels=48),  # fmt: skip
     "tiny": dict(num_attention_heads=2, attention_head_dim=32, ffn_dim=128, num_layers=2, text_dim=64),
 }
 WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                temperal_downsample=[False, True, True])  # fmt: skip
+# Wan 2.2's VAE (TI2V-5B): 4x16x16 into 48 channels, residual shortcuts, a 2x2 patchified input
+WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                 attn_scales=[], temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                 out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+                 latents_mean=[0.0] * 48, latents_std=[1.0] * 48)  # fmt: skip
 TINY_VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
                 temperal_downsample=[False, True, True])  # fmt: skip
+VAES = {"wan2.2-ti2v-5b": WAN22_VAE, "tiny": TINY_VAE}  # the others: WAN_VAE
 TEXT_TOKENS = 512  # Wan's caption length: every caption is padded to it
 
 
@@ -67,12 +75,18 @@ def _random_fill(module: torch.nn.Module, dtype: torch.dtype, seed: int) -> None
             p.data = x.to(dtype)
 
 
-def make_random_folder(name: str, root: Path, dtype: torch.dtype, seed: int = 0, transformer: bool = True) -> Path:
-    """Save a named Wan config's transformer/ (unless told not to) and vae/ with random weights under root."""
+def make_random_folder(name: str, root: Path, dtype: torch.dtype, seed: int = 0, transformer: bool = True,
+                       layers: int | None = None) -> Path:  # fmt: skip
+    """Save a named Wan config's transformer/ (unless told not to; `layers` of its blocks, default
+    all) and vae/ with random weights under root."""
     d = _reference()
     if name not in WAN_CONFIGS:
         raise KinemaError(f"unknown config {name!r}; choose from {', '.join(WAN_CONFIGS)} or give a Wan folder")
     kw = {"text_dim": 4096, **WAN_CONFIGS[name]}
+    if layers is not None:
+        if layers < 1:
+            raise KinemaError(f"--layers must be at least 1; got {layers}")
+        kw["num_layers"] = layers
     params = kw["num_layers"] * (4 + 4 + 2 * kw["ffn_dim"] / (kw["num_attention_heads"] * kw["attention_head_dim"])) \
         * (kw["num_attention_heads"] * kw["attention_head_dim"]) ** 2  # fmt: skip
     need = params * torch.finfo(dtype).bits / 8 * 2.5  # the save, and one side's load at a time
@@ -89,7 +103,7 @@ def make_random_folder(name: str, root: Path, dtype: torch.dtype, seed: int = 0,
     else:
         (root / "transformer").mkdir(parents=True, exist_ok=True)
         (root / "transformer" / "config.json").write_text(json.dumps(kw))
-    vae = d.AutoencoderKLWan(**(TINY_VAE if name == "tiny" else WAN_VAE))
+    vae = d.AutoencoderKLWan(**VAES.get(name, WAN_VAE))
     _random_fill(vae, torch.float32, seed + 1)
     vae.save_pretrained(str(root / "vae"))
     return root
@@ -246,8 +260,12 @@ def _row(part: str, measure: str, reference: float | None, kinema: float) -> dic
 
 def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, steps: int = 2,
             dtype: str = "bfloat16", guidance: float = 5.0, vae: bool = True, dit: bool = True, vae_frames: int | None = None,
-            vae_size: tuple[int, int] | None = None, vae_tile: int | None = None) -> list[dict]:  # fmt: skip
-    """Side-by-side rows: per denoising step, VAE decode; seconds, peak MiB, ratios, max |diff|."""
+            vae_size: tuple[int, int] | None = None, vae_tile: int | None = None,
+            layers: int | None = None) -> list[dict]:  # fmt: skip
+    """Side-by-side rows: per denoising step, VAE decode; seconds, peak MiB, ratios, max |diff|.
+    layers: build a named config with only this many transformer blocks (a step's time and its
+    activations scale with them; the weights held do too), where both sides at once would not
+    fit in memory."""
     from safetensors.torch import load_file
 
     from kinema.dit import DiTConfig
@@ -256,8 +274,8 @@ def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, s
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise KinemaError(f"--dtype must be float32, bfloat16 or float16; got {dtype!r}")
-    if width % 16 or height % 16 or frames < 1 or (frames - 1) % 4:
-        raise KinemaError(f"the bench takes sizes in multiples of 16 and 1 + 4k frames; got {width}x{height}, {frames}")
+    if frames < 1 or (frames - 1) % 4:
+        raise KinemaError(f"the bench takes 1 + 4k frames; got {frames}")
     if steps < 1:
         raise KinemaError("--steps must be at least 1")
     with tempfile.TemporaryDirectory(prefix="kinema-compare-") as tmp:
@@ -267,9 +285,14 @@ def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, s
                 raise KinemaError(f"{model} is not a diffusers Wan folder (model_index.json)")
             folder = Path(model)
         else:
-            folder = make_random_folder(model, tmp / "model", getattr(torch, dtype), transformer=dit)
+            folder = make_random_folder(model, tmp / "model", getattr(torch, dtype), transformer=dit, layers=layers)
         cfg: DiTConfig = wan_dit_config({"text_dim": 4096, **read_config(folder / "transformer")})
-        latent = [1 + (frames - 1) // 4, height // 8, width // 8]
+        s = int(read_config(folder / "vae").get("scale_factor_spatial", 8))  # the VAE's pixels a latent cell
+        grid = s * cfg.patch[1]
+        for w in (width, height, *(vae_size or ())):
+            if w % grid:
+                raise KinemaError(f"this model's sizes are multiples of {grid} pixels; got {w}")
+        latent = [1 + (frames - 1) // 4, height // s, width // s]
         tokens = latent[0] * (latent[1] // cfg.patch[1]) * (latent[2] // cfg.patch[2])
         table, outs = [], {}
         if dit:
@@ -297,7 +320,7 @@ def compare(model: str, width: int = 256, height: int = 256, frames: int = 17, s
         if vae:
             vf = vae_frames or frames
             vw, vh = vae_size or (width, height)
-            vlat = [1 + (vf - 1) // 4, vh // 8, vw // 8]
+            vlat = [1 + (vf - 1) // 4, vh // s, vw // s]
             res = {}
             for side in ("reference", "kinema"):
                 out = str(tmp / f"{side}-vae.safetensors")

@@ -1,9 +1,11 @@
-"""What sampling a Wan 2.1 model holds in accelerator memory: an estimate, term by term.
+"""What sampling a Wan model holds in accelerator memory: an estimate, term by term.
 
-    rows = wan_memory_table()        # the README's table: 1.3B and 14B, 480p and 720p, 81 frames
+    rows = wan_memory_table()        # the README's table: 1.3B and 14B at 480p and 720p, 81 frames;
+                                     # the 5B at 720p (1280x704), 121 frames
 
 The estimate (GiB = 2^30 bytes), for a video of T = 1 + (frames - 1) / 4 latent frames and
-N = T * (height / 16) * (width / 16) tokens, weights of b bytes (2 for bfloat16 / float16):
+N = T * (height / g) * (width / g) tokens (g, the grid: 16 pixels for Wan 2.1, 32 for Wan 2.2's
+4x16x16 VAE), weights of b bytes (2 for bfloat16 / float16):
 
     DiT weights          P_dit * b, exact (the model built on the meta device and counted);
                          with block offload: the parameters outside the blocks + 2 blocks (the
@@ -14,9 +16,10 @@ N = T * (height / 16) * (width / 16) tokens, weights of b bytes (2 for bfloat16 
                          stream, its norm, q, k, v and the attention output (6 D a token) and the
                          MLP's hidden and activated widths (2 F); flash attention keeps no N x N
                          scores; rows = 2 with guidance in one batch (GPU default)
-    VAE decode           its weights (1.27e8 * 4, float32) + 4 live float32 tensors of 96
-                         channels x 4 frames at full resolution (the last up-block, one latent
-                         frame at a time) + the decoded video, frames * 3 * H * W * 4
+    VAE decode           its weights (Wan 2.1's 1.27e8, Wan 2.2's 7.05e8, float32) + 4 live
+                         float32 tensors of its last up-block, 4 frames at a time (Wan 2.1: 96
+                         channels at full resolution; Wan 2.2: 256 at half) + the decoded video,
+                         frames * 3 * H * W * 4
 
 The peak is the largest of three phases: encoding the caption (text encoder + what of the DiT
 is on the device), denoising (DiT weights + activations + the VAE weights) and decoding (DiT
@@ -26,6 +29,7 @@ about 0.5 - 1 GiB) is not in it.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -34,7 +38,10 @@ from kinema.errors import KinemaError
 
 GIB = 2**30
 UMT5_XXL_ENCODER_PARAMS = 5.68e9
-WAN_VAE_PARAMS = 1.27e8
+# a VAE's parameters (counted on the meta device), and its last up-block's float32 values a pixel
+# of a frame: Wan 2.1 96 channels at full size, Wan 2.2 256 at half size (before the unpatchify)
+WAN_VAE_PARAMS, WAN_VAE_LAST = 1.27e8, 96
+WAN22_VAE_PARAMS, WAN22_VAE_LAST = 7.05e8, 256 / 4
 SIZES = {"480p": (832, 480), "720p": (1280, 720)}
 
 
@@ -60,14 +67,17 @@ def wan_sampling_memory(name: str, width: int, height: int, frames: int = 81, by
     if offload not in ("none", "text", "blocks"):
         raise KinemaError(f"offload must be none, text or blocks; got {offload!r}")
     total, block, cfg = _dit_params(name)
+    wan22 = name.startswith("wan2.2")
+    grid = 32 if wan22 else 16
     b = bytes_per_weight
     T = 1 + (frames - 1) // 4
-    tokens = T * math.ceil(height / 16) * math.ceil(width / 16)
+    tokens = T * math.ceil(height / grid) * math.ceil(width / grid)
     dit_weights = (total - cfg.depth * block + 2 * block if offload == "blocks" else total) * b
     text = UMT5_XXL_ENCODER_PARAMS * b
     act = rows * tokens * (6 * cfg.hidden + 2 * cfg.mlp_hidden) * b
-    vae_weights = WAN_VAE_PARAMS * 4
-    vae_work = 4 * 96 * 4 * height * width * 4 + frames * 3 * height * width * 4
+    vae_weights = (WAN22_VAE_PARAMS if wan22 else WAN_VAE_PARAMS) * 4
+    last = WAN22_VAE_LAST if wan22 else WAN_VAE_LAST
+    vae_work = 4 * last * 4 * height * width * 4 + frames * 3 * height * width * 4
     resident_text = text if offload == "none" else 0  # offloaded: it left after encoding
     encode = text + dit_weights + vae_weights
     denoise = dit_weights + act + vae_weights + resident_text
@@ -80,14 +90,14 @@ def wan_sampling_memory(name: str, width: int, height: int, frames: int = 81, by
 
 
 def wan_memory_table(frames: int = 81, gpus: tuple[int, ...] = (24, 48, 80)) -> list[dict]:
-    """Rows for 1.3B and 14B at 480p and 720p, bfloat16, each offload mode: peak and what fits."""
+    """Rows for Wan 2.1 1.3B and 14B at 480p and 720p (`frames`), and Wan 2.2 TI2V-5B at its 720p
+    (1280x704, 121 frames), bfloat16, each offload mode: peak and what fits."""
     rows = []
-    for name in ("wan2.1-1.3b", "wan2.1-14b"):
-        for label, (w, h) in SIZES.items():
-            for offload in ("none", "text", "blocks"):
-                m = wan_sampling_memory(name, w, h, frames, 2, offload)
-                fits = [f"{g} GB" for g in gpus if m["peak"] * GIB <= g * 1e9 * 0.95]  # 5% for the framework
-                rows.append(dict(model=name, size=f"{label} ({w}x{h}x{frames})", offload=offload,
-                                 tokens=m["tokens"], peak_gib=round(m["peak"], 1),
-                                 fits=", ".join(fits) or "none of these"))  # fmt: skip
+    runs = [(name, label, w, h, frames) for name in ("wan2.1-1.3b", "wan2.1-14b") for label, (w, h) in SIZES.items()]
+    runs.append(("wan2.2-ti2v-5b", "720p", 1280, 704, 121))
+    for (name, label, w, h, n), offload in itertools.product(runs, ("none", "text", "blocks")):
+        m = wan_sampling_memory(name, w, h, n, 2, offload)
+        fits = [f"{g} GB" for g in gpus if m["peak"] * GIB <= g * 1e9 * 0.95]  # 5% for the framework
+        rows.append(dict(model=name, size=f"{label} ({w}x{h}x{n})", offload=offload, tokens=m["tokens"],
+                         peak_gib=round(m["peak"], 1), fits=", ".join(fits) or "none of these"))  # fmt: skip
     return rows

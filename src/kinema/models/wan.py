@@ -1,4 +1,4 @@
-"""A diffusers Wan 2.1 folder in Kinema: its transformer, VAE and umT5 text encoder on Kinema's modules.
+"""A diffusers Wan folder (2.1, 2.2 TI2V-5B) in Kinema: its transformer, VAE and umT5 encoder on Kinema's modules.
 
     parts = load_wan("Wan2.1-T2V-1.3B-Diffusers")     # model_index.json + transformer/ vae/ ...
     Pipeline.from_pretrained("Wan2.1-T2V-1.3B-Diffusers")   # the same, through the one door
@@ -14,6 +14,13 @@ conversion: diffusers' names on the left, Kinema's on the right.
 Wan 2.1 was not trained with clean conditioning tokens (t = 0 beside noisy ones), so its tasks
 use the "replace" conditioning strategy: the known latent frames, noised to the current time,
 overwrite the sample at each step.
+
+Wan 2.2 TI2V-5B (model_index.json's `expand_timesteps`) is the same transformer over a 48-channel
+VAE that compresses 4x16x16 (`kinema.vae.wan`), so its grid is 32 pixels. It was trained as the
+report conditions: clean first-frame tokens at timestep 0 beside noisy ones (the reference gives
+its transformer one timestep a token), which is Kinema's "native" strategy, so every task pins
+its known latent frames clean. The two-expert Wan 2.2 A14B models and the CLIP-conditioned Wan
+2.1 I2V models are not loaded.
 """
 
 from __future__ import annotations
@@ -193,6 +200,8 @@ class WanParts:
 # Sampling defaults of the published Wan 2.1 text-to-video pipelines: 832x480, 81 frames at 16 fps,
 # 50 steps, guidance 5 (WanPipeline's defaults).
 WAN_DEFAULTS = dict(width=832, height=480, seconds=81 / 16, fps=16.0, steps=50, guidance=5.0, shift_scale=1.0)
+# Wan 2.2 TI2V-5B's: 1280x704, 121 frames at 24 fps, 50 steps, guidance 5
+WAN22_TI2V_DEFAULTS = dict(width=1280, height=704, seconds=121 / 24, fps=24.0, steps=50, guidance=5.0, shift_scale=1.0)
 
 
 def wan_scheduler(cfg: dict) -> dict:
@@ -213,7 +222,7 @@ def wan_scheduler(cfg: dict) -> dict:
 
 def load_wan(folder: str | os.PathLike, device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None) -> WanParts:  # fmt: skip
-    """Every part of a diffusers Wan 2.1 text-to-video folder, on Kinema's modules.
+    """Every part of a diffusers Wan 2.1 text-to-video or Wan 2.2 TI2V-5B folder, on Kinema's modules.
 
     folder: model_index.json with transformer/, vae/, text_encoder/, tokenizer/, scheduler/.
     dtype: the transformer's and text encoder's weights in memory (float32 default); the VAE
@@ -225,9 +234,11 @@ def load_wan(folder: str | os.PathLike, device: str | torch.device = "cpu",
     root = Path(folder)
     index = read_config(root, MODEL_INDEX)
     if index.get("transformer_2") not in (None, [None, None]) or index.get("boundary_ratio") is not None:
-        raise KinemaError(f"{root} is a two-expert Wan 2.2 model; Kinema loads Wan 2.1 folders so far")
-    if index.get("expand_timesteps"):
-        raise KinemaError(f"{root} uses per-token timesteps (Wan 2.2 TI2V); Kinema loads Wan 2.1 folders so far")
+        raise KinemaError(f"{root} is a two-expert Wan 2.2 model (A14B); Kinema loads Wan 2.1 and Wan 2.2 TI2V-5B")
+    if index.get("image_encoder") not in (None, [None, None]):
+        raise KinemaError(f"{root} conditions on CLIP image features (Wan 2.1 I2V); Kinema loads text-to-video "
+                          "folders and Wan 2.2 TI2V-5B")  # fmt: skip
+    per_token = bool(index.get("expand_timesteps"))  # Wan 2.2 TI2V: clean tokens at t = 0 beside noisy ones
     missing = [d for d in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler") if not (root / d).is_dir()]
     if missing:
         raise KinemaError(f"{root} is not a whole Wan folder: it lacks {', '.join(d + '/' for d in missing)}")
@@ -236,4 +247,6 @@ def load_wan(folder: str | os.PathLike, device: str | torch.device = "cpu",
     vae = load_wan_vae(root / "vae", device=device, dtype=vae_dtype)
     text = WanTextEncoder(root / "text_encoder", root / "tokenizer", device=device, dtype=dtype)
     scheduler = wan_scheduler(read_config(root / "scheduler", "scheduler_config.json"))
+    if per_token:
+        return WanParts(dit, text, vae, dict(WAN22_TI2V_DEFAULTS), scheduler, "native")
     return WanParts(dit, text, vae, dict(WAN_DEFAULTS), scheduler, "replace")
