@@ -14,3 +14,17 @@ def run_cli(monkeypatch, capsys, *args):
         cli.main()
     out, err = capsys.readouterr()
     return e.value.code, out, err
+
+
+def check_task_commands(runs: dict, common: list[str], out_dir) -> None:
+    """Run each `kinema ARGS COMMON --out OUT_DIR/NAME` of runs {NAME: (ARGS, (T, H, W))} with
+    typer's runner; each exits 0 and writes a video of that many frames at that size."""
+    from typer.testing import CliRunner
+
+    from kinema.cli import app
+    from kinema.video import read_video
+
+    for name, (args, shape) in runs.items():
+        res = CliRunner().invoke(app, [*args, *common, "--out", str(out_dir / name)])
+        assert res.exit_code == 0, (name, res.output)
+        assert read_video(out_dir / name).frames.shape[:3] == shape, name

@@ -13,6 +13,7 @@ import torch
 from kinema.errors import KinemaError
 from kinema.models.wan import load_wan_dit, wan_rope_axes
 from kinema.patches import grid_size, patchify, positions, unpatchify
+from tests.cli_helpers import check_task_commands
 from tests.wan_reference import save_wan_folder, tiny_transformer
 
 
@@ -223,10 +224,7 @@ def test_wan_edit_strength_zero_is_the_round_trip(wan, wan_clip):
 
 
 def test_cli_generate_and_tasks_take_a_wan_folder(wan_dir, wan_clip, tmp_path):
-    from typer.testing import CliRunner
-
-    from kinema.cli import app
-    from kinema.video import read_video, write_video
+    from kinema.video import write_video
 
     video, image = tmp_path / "in.mp4", tmp_path / "in.png"
     write_video(video, wan_clip.frames, wan_clip.fps)
@@ -242,10 +240,7 @@ def test_cli_generate_and_tasks_take_a_wan_folder(wan_dir, wan_clip, tmp_path):
         "conn.mp4": (["connect", str(video), str(video), "x", "--seconds", "0.25"], (13 + 4 + 13, 16, 32)),
         "edit.mp4": (["edit", str(video), "x", "--strength", "0.5"], (13, 16, 32)),
     }
-    for name, (args, shape) in runs.items():
-        res = CliRunner().invoke(app, [*args, *common, "--out", str(tmp_path / name)])
-        assert res.exit_code == 0, (name, res.output)
-        assert read_video(tmp_path / name).frames.shape[:3] == shape, name
+    check_task_commands(runs, common, tmp_path)
 
 
 def test_not_a_wan_folder_is_a_clear_error(tmp_path):

@@ -16,6 +16,7 @@ import torch
 
 from kinema import tasks
 from kinema.errors import KinemaError
+from tests.cli_helpers import check_task_commands
 from tests.wan_reference import tiny_text_encoder, tiny_tokenizer, tiny_transformer
 
 CHANNELS, TEXT_DIM = 8, 16
@@ -191,3 +192,23 @@ def test_connect_loop_long_and_edit(ti2v, clip, tmp_path):
     assert read_video(long.path).frames.shape[:3] == (24, 32, 32)
     same = ti2v.edit(clip, "x", 0.0, **FAST)
     assert torch.equal(same.frames, ti2v.decode(ti2v.encode(clip.frames)))
+
+
+def test_every_task_command_takes_a_ti2v_folder(ti2v_dir, clip, tmp_path):
+    from kinema.video import write_video
+
+    video, image = tmp_path / "in.mp4", tmp_path / "in.png"
+    write_video(video, clip.frames, clip.fps)
+    write_video(image, clip.frames[:1], clip.fps)
+    common = ["--model", str(ti2v_dir), "--steps", "2"]
+    runs = {
+        "t2v.mp4": (["generate", "a red ball", "--size", "40x24", "--seconds", "0.25"], (6, 24, 40)),
+        "long.mp4": (["generate", "x", "--size", "32x32", "--seconds", "1", "--window", "0.5"], (24, 32, 32)),
+        "img.png": (["image", "a red ball", "--size", "64x32"], (1, 32, 64)),
+        "anim.mp4": (["animate", str(image), "x", "--seconds", "0.5"], (12, 32, 64)),
+        "ext.mp4": (["extend", str(video), "x", "--seconds", "0.25", "--direction", "backward"], (13 + 6, 32, 64)),
+        "loop.mp4": (["loop", "x", "--size", "32x32", "--seconds", "1"], (24, 32, 32)),
+        "conn.mp4": (["connect", str(video), str(video), "x", "--seconds", "0.25"], (13 + 6 + 13, 32, 64)),
+        "edit.mp4": (["edit", str(video), "x", "--strength", "0.5"], (13, 32, 64)),
+    }
+    check_task_commands(runs, common, tmp_path)
