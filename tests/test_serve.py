@@ -22,7 +22,7 @@ import pytest
 
 from kinema import cli
 from kinema.errors import KinemaError
-from kinema.serve import MODES, Limits, Outputs, StepProgress, read_prompt, read_upload
+from kinema.serve import MODES, Limits, Outputs, StepProgress, read_upload
 from kinema.video import read_video
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -157,11 +157,11 @@ def test_serve_without_gradio_says_how_to_install(monkeypatch, capsys):
 
 def test_caption_preview_is_the_caption_the_pipeline_reads(pipe):
     for prompt, seed in ((PROMPT, 0), ("two blue squares slide left", 3)):
-        assert read_prompt(pipe, prompt, seed, None)[0] == pipe.caption(prompt, seed)
-    caption, notes = read_prompt(pipe, "a red ball and a purple elephant", 0, None)
+        assert pipe.read_prompt(prompt, seed, None)[0] == pipe.caption(prompt, seed)
+    caption, notes = pipe.read_prompt("a red ball and a purple elephant", 0, None)
     assert caption == pipe.caption("a red ball and a purple elephant", 0)
     assert notes  # the expander says what it left out
-    assert read_prompt(pipe, PROMPT, 0, False) == (PROMPT, ())
+    assert pipe.read_prompt(PROMPT, 0, False) == (PROMPT, ())
 
 
 def test_progress_bar_is_fed_by_the_sampler_steps(pipe):

@@ -452,9 +452,9 @@ class Pipeline:
 
     def caption(self, prompt: str, seed: int = 0, expand: bool | None = None) -> str:
         """The caption the model reads: the prompt, expanded by the world grammar when asked."""
-        return self._read_prompt(prompt, seed, expand)[0]
+        return self.read_prompt(prompt, seed, expand)[0]
 
-    def _read_prompt(self, prompt: str, seed: int = 0, expand: bool | None = None) -> tuple[str, tuple[str, ...]]:
+    def read_prompt(self, prompt: str, seed: int = 0, expand: bool | None = None) -> tuple[str, tuple[str, ...]]:
         """(caption, notices): the world grammar keeps what it can draw and says what it read
         otherwise or left out; only a prompt with nothing drawable is an error."""
         if not isinstance(prompt, str):
@@ -611,7 +611,7 @@ class Pipeline:
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
         t = self._timing(s["seconds"], s["fps"])
         W, H, box, notes = self._grid(*self._size(width, height))
-        caption, said = self._read_prompt(prompt, seed, expand)
+        caption, said = self.read_prompt(prompt, seed, expand)
         plan = tasks.text_to_video(self.dit.config.in_channels, tasks.latents_covering(t.made, self.temporal),
                                    *self._latent_hw(W, H))  # fmt: skip
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
@@ -625,7 +625,7 @@ class Pipeline:
         """Text -> image: one latent frame, one pixel frame."""
         s = self._settings(steps=steps, guidance=guidance, fps=None)
         W, H, box, notes = self._grid(*self._size(width, height))
-        caption, said = self._read_prompt(prompt, seed, expand)
+        caption, said = self.read_prompt(prompt, seed, expand)
         plan = tasks.text_to_image(self.dit.config.in_channels, *self._latent_hw(W, H))
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
@@ -642,7 +642,7 @@ class Pipeline:
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
         t = self._timing(s["seconds"], s["fps"])
         frames, _, box, notes = self._media(image, None, width, height, fit)
-        caption, said = self._read_prompt(prompt, seed, expand)
+        caption, said = self.read_prompt(prompt, seed, expand)
         plan = tasks.image_to_video(self.encode(frames[:1]), tasks.latents_covering(t.made, self.temporal))
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
@@ -666,7 +666,7 @@ class Pipeline:
         s = self._settings(seconds=seconds, steps=steps, guidance=guidance)
         count, rounded = self._new_frames(s["seconds"], rate)
         n = -(-count // self.temporal)  # new latents: 4n new pixel frames, count of them kept
-        caption, said = self._read_prompt(prompt, seed, expand)
+        caption, said = self.read_prompt(prompt, seed, expand)
         if direction == "forward":
             ctx, k = self._tail(frames, context)
             plan, task = tasks.extend_forward(ctx, n), "extend_forward"
@@ -699,7 +699,7 @@ class Pipeline:
         s = self._settings(seconds=seconds, steps=steps, guidance=guidance)
         count, rounded = self._new_frames(s["seconds"], rate)
         m = max(1, (count + 1 + self.temporal // 2) // self.temporal)  # 4m - 1 middle frames, nearest count
-        caption, said = self._read_prompt(prompt, seed, expand)
+        caption, said = self.read_prompt(prompt, seed, expand)
         tail, ka = self._tail(fa, context)
         head, kb = self._head(fb, context)
         plan = tasks.connect(tail, head, m)
@@ -726,7 +726,7 @@ class Pipeline:
         W, H, box, notes = self._grid(*self._size(width, height))
         K = max(3, (t.made + self.temporal // 2) // self.temporal)
         m = min(K - 2, max(1, round(K * bridge)))  # bridge latents; the clip keeps at least 3
-        caption, said = self._read_prompt(prompt, seed, expand)
+        caption, said = self.read_prompt(prompt, seed, expand)
         kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress, callback=callback)
         first = tasks.text_to_video(self.dit.config.in_channels, K - m + 1, *self._latent_hw(W, H))
         clip = self.decode(self.sample(first, caption, negative_prompt, seed=seed, **kw))  # 1 + 4(K - m) frames
@@ -756,7 +756,7 @@ class Pipeline:
         T = len(frames)
         padded = pad_frames(frames, (0, 0, 0, 0), time_to=1 + -(-(T - 1) // self.temporal) * self.temporal)
         s = self._settings(steps=steps, guidance=guidance)
-        caption, said = self._read_prompt(prompt, seed, expand)
+        caption, said = self.read_prompt(prompt, seed, expand)
         plan = tasks.sdedit(self.encode(padded), float(strength))
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
@@ -778,7 +778,7 @@ class Pipeline:
         total = t.made
         W = self._frames_for(window, t.rate)
         k = max(1, min(context, W - 1))
-        caption, _ = self._read_prompt(prompt, seed, expand)
+        caption, _ = self.read_prompt(prompt, seed, expand)
         kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress)
         plan = tasks.text_to_video(self.dit.config.in_channels, W, *self._latent_hw(Wd, Ht))
         frames = self.decode(self.sample(plan, caption, negative_prompt, seed=seed, **kw))
@@ -808,20 +808,26 @@ class Pipeline:
             del z, ctx
 
     def long(self, prompt: str, seconds: float, window: float = 2.0, out: str | os.PathLike | None = None,
-             **kw) -> Output:  # fmt: skip
+             on_window: Callable[[Window], None] | None = None, **kw) -> Output:  # fmt: skip
         """A video of any length by windows (see `long_windows`). With `out` (.mp4, .mkv, .mov or
         .webm) each window's frames are encoded to the file as soon as they are made, so memory
-        does not grow with the length; without it the frames are returned."""
+        does not grow with the length; without it the frames are returned. `on_window` is called
+        with each finished window (after it is written), for progress."""
         t = self._timing(seconds, kw.get("fps") or self.defaults["fps"])  # checked before a file is opened
         fps = t.fps
-        caption, said = self._read_prompt(prompt, kw.get("seed", 0), kw.get("expand"))
+        caption, said = self.read_prompt(prompt, kw.get("seed", 0), kw.get("expand"))
         notes = self._grid(*self._size(kw.get("width"), kw.get("height")))[3] + t.notices
+        report = on_window or (lambda win: None)
         if out is None:
-            frames = torch.cat([win.frames for win in self.long_windows(prompt, seconds, window, **kw)])
-            return Output(Video(frames, fps), caption, notices=said + notes)
+            frames = []
+            for win in self.long_windows(prompt, seconds, window, **kw):
+                frames.append(win.frames)
+                report(win)
+            return Output(Video(torch.cat(frames), fps), caption, notices=said + notes)
         with StreamWriter(out, fps) as writer:
             for win in self.long_windows(prompt, seconds, window, **kw):
                 writer.write(win.frames)
+                report(win)
         return Output(None, caption, path=Path(out), notices=said + notes)
 
 

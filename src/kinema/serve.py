@@ -254,18 +254,6 @@ MODES = (
 )  # fmt: skip
 
 
-def read_prompt(pipe: Pipeline, prompt: str, seed: int, expand: bool | None) -> tuple[str, tuple[str, ...]]:
-    """(caption, the prompt expander's notes), read as the pipeline reads a prompt
-    (`Pipeline.caption`, which keeps only the caption): expanded by Kinema World's grammar when
-    the model expands prompts (or `expand` says so), else as it is."""
-    if not (pipe.expand if expand is None else expand):
-        return prompt, ()
-    from kinema.world.text import expand_prompt
-
-    caption, notes = expand_prompt(prompt, seed)
-    return caption, tuple(notes)
-
-
 class StepProgress:
     """The sampler's callback (`sampling.denoise`: step i of n) shown on the page's progress bar;
     tasks that sample more than once (loop; sizes composed at a trained size first) count passes."""
@@ -297,7 +285,7 @@ class Studio:
         if not (prompt or "").strip():
             return "", ""
         try:
-            caption, notes = read_prompt(self.pipe, prompt, int(seed or 0), expand)
+            caption, notes = self.pipe.read_prompt(prompt, int(seed or 0), expand)
         except KinemaError as e:
             return "", f"⚠ {e}"
         return caption, "\n".join(notes)
@@ -384,28 +372,22 @@ class Studio:
         raise KinemaError(f"unknown mode {mode.key!r}")
 
     def _long(self, text: str, v: dict, size: dict, kw: dict, path: Path):
-        """`Pipeline.long` to `path`, window by window (`long_windows`, written as each is done),
-        so the page can show the windows' progress: `long` takes no step callback."""
-        from kinema.pipeline import Output, StreamWriter
-
+        """`Pipeline.long` to `path`, each window written as it is done; the page's bar counts
+        the frames written (`on_window`), as `long` samples window by window."""
         p, d = self.pipe, self.pipe.defaults
         report = kw.pop("callback").progress  # the page's gr.Progress: frames written, not steps
         seconds = d["seconds"] if v["seconds"] is None else v["seconds"]
-        t = tasks.timing(seconds, d["fps"] if v["fps"] is None else v["fps"], p.frame_rates)
-        window = float(v["window"] or 2.0)
+        fps = d["fps"] if v["fps"] is None else v["fps"]
+        total = tasks.timing(seconds, fps, p.frame_rates).frames
         done = 0
-        with StreamWriter(path, t.fps) as writer:
-            report((0, t.frames), desc="window 1", unit="frames")
-            for win in p.long_windows(text, seconds, window, fps=t.fps, **size, **kw):
-                writer.write(win.frames)
-                done += len(win.frames)
-                report((done, t.frames), desc=f"window {win.index + 1} written", unit="frames")
-        caption, said = read_prompt(p, text, kw["seed"], kw["expand"])
-        width, height = size["width"] or int(d["width"]), size["height"] or int(d["height"])
-        grid = tasks.covering_size(width, height, p.multiple)
-        fitted = () if grid == (width, height) else (
-            f"made on {grid[0]}x{grid[1]} (the model's {p.multiple}-pixel grid) and cropped to {width}x{height}",)
-        return Output(None, caption, path=path, notices=said + fitted + t.notices)
+
+        def written(win) -> None:
+            nonlocal done
+            done += len(win.frames)
+            report((done, total), desc=f"window {win.index + 1} written", unit="frames")
+
+        report((0, total), desc="window 1", unit="frames")
+        return p.long(text, seconds, float(v["window"] or 2.0), out=path, on_window=written, fps=fps, **size, **kw)
 
 
 def _whole(value, name: str) -> int | None:
