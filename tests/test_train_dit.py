@@ -68,13 +68,22 @@ def torchrun(run_dir, settings: dict, nproc: int = 2):
 # ---------------------------------------------------------------- distributed == one process
 
 
+# How far a 2-rank run may drift from one process: in float32 only the order of the gradient sums
+# differs; in bfloat16 that difference can flip the rounding of a forward value, and AdamW turns a
+# near-zero gradient's flipped sign into a whole step of lr (SMALL's lr: 1e-3) on that weight.
+DRIFT = {"fp32": dict(loss=1e-4, weight=1e-5), "bf16": dict(loss=1e-3, weight=2e-2)}
+
+
 @pytest.mark.slow
-def test_torchrun_matches_single_process(tmp_path, cache):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_torchrun_matches_single_process(tmp_path, cache, precision):
     # global batch: 4 packed sequences a step; 2 ranks run 2 each, one process runs all 4
-    cfg = DiTTrainConfig(data=str(cache), token_budget=64, sequences_per_step=4, steps=4, checkpoint_every=2, **SMALL)
+    cfg = DiTTrainConfig(data=str(cache), token_budget=64, sequences_per_step=4, steps=4, checkpoint_every=2,
+                         precision=precision, **SMALL)  # fmt: skip
+    drift = DRIFT[precision]
     train_dit(tmp_path / "one", cfg, progress=False)
     settings = {k: v for k, v in cfg.to_dict().items() if k in SMALL}
-    settings.update(data=cache, token_budget=64, sequences_per_step=4, checkpoint_every=2)
+    settings.update(data=cache, token_budget=64, sequences_per_step=4, checkpoint_every=2, precision=precision)
     # two ranks with FSDP2 (gloo), stopped after step 2 and resumed under torchrun again; with
     # activation checkpointing, which must not change a number
     torchrun(tmp_path / "two", {**settings, "steps": 2, "checkpointing": True})
@@ -84,18 +93,18 @@ def test_torchrun_matches_single_process(tmp_path, cache):
     print("1 process:", one, "\n2 ranks:  ", two)
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
-        assert abs(one[step] - two[step]) < 1e-4, (step, one[step], two[step])
+        assert abs(one[step] - two[step]) < drift["loss"], (step, one[step], two[step])
     assert one[4] != one[1]  # it trained
     a, b = load_file(str(tmp_path / "one/export/dit.safetensors")), load_file(str(tmp_path / "two/export/dit.safetensors"))
     assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < drift["weight"]
 
     # the 2-rank (sharded) checkpoint resumes in one process too: step 5 as in the 1-process run
     five = dataclasses.replace(cfg, steps=5)
     (after_one,) = train_dit(tmp_path / "one", five, progress=False, export=False)
     (after_two,) = train_dit(tmp_path / "two", five, progress=False, export=False)
     assert after_one["step"] == after_two["step"] == 5
-    assert abs(after_one["loss"] - after_two["loss"]) < 1e-4
+    assert abs(after_one["loss"] - after_two["loss"]) < drift["loss"]
 
 
 # ---------------------------------------------------------------- resume
@@ -359,3 +368,21 @@ def test_cli_train_and_bench_commands(tmp_path):
     assert "tiny" in res.stdout and "train_tokens_per_s" in res.stdout
     res = kinema("bench", "dit", "--tokens", "many")
     assert res.returncode == 2 and "--tokens" in res.stderr
+
+
+def test_precision_resolves_once_and_old_runs_keep_theirs():
+    from kinema.train.common import bf16_native
+    from kinema.train.vae import VAETrainConfig
+
+    want = "bf16" if bf16_native() else "fp32"
+    base = dict(data="x", **SMALL)
+    assert DiTTrainConfig(**base).precision == want == VAETrainConfig().precision  # auto, resolved
+    assert DiTTrainConfig.from_dict(DiTTrainConfig(**base).to_dict()).precision == want  # config.json keeps it
+    old = {k: v for k, v in DiTTrainConfig(**base).to_dict().items() if k != "precision"}
+    was = "bf16" if torch.cuda.is_available() else "fp32"  # before: bf16 autocast on a GPU only
+    assert DiTTrainConfig.from_dict(old).precision == was
+    assert VAETrainConfig.from_dict({"steps": 5}).precision == was
+    with pytest.raises(KinemaError, match="precision"):
+        DiTTrainConfig(precision="fp16", **base)
+    with pytest.raises(KinemaError, match="precision"):
+        VAETrainConfig(precision="half")

@@ -370,6 +370,7 @@ def train_vae_cmd(
     init: str = typer.Option(None, help="Start from the weights of a saved VAE (a folder such as OTHER_RUN/export, or a shipped name): fine-tuning, or a new schedule."),
     freeze_encoder: bool = typer.Option(None, "--freeze-encoder/--train-encoder", help="With --init: train the decoder only, so the latents (and a DiT trained on them) stay valid (default: train both; fixed for the life of a run)."),
     workers: int = typer.Option(None, min=0, help="Processes that render or read the next batches while the model trains (default 0: in this process). Several keep a GPU fed."),
+    precision: str = typer.Option(None, help="bf16 (the forward under bfloat16 autocast; weights, optimizer and loss in float32) or fp32; default auto: bf16 on a GPU and on a CPU that computes it natively (fixed for the life of a run)."),
     export_only: bool = typer.Option(False, "--export-only", help="Only export the latest checkpoint's EMA weights to RUN/export (works while the run trains)."),
 ) -> None:
     """Train the causal 3D VAE (L1 + SSIM + KL). Many processes: torchrun --nproc_per_node N -m kinema.cli train vae RUN (DDP).
@@ -385,7 +386,7 @@ def train_vae_cmd(
         return
 
     given = dict(vae=vae, data=data, steps=steps, batch=batch, lr=lr, seed=seed, ckpt_every=ckpt_every, init=init,
-                 freeze_encoder=freeze_encoder, workers=workers)  # fmt: skip
+                 freeze_encoder=freeze_encoder, workers=workers, precision=precision)  # fmt: skip
     if frames is not None:
         given["frames"] = parse_ints(frames, "--frames")
     if sizes is not None:

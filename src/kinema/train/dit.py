@@ -24,9 +24,10 @@ One step (global batch semantics):
   4. Gradient clipping, AdamW, EMA.
 
 Scaling: with W > 1 every DiT block (and every text encoder layer), then the root, is sharded
-with FSDP2 (`fully_shard`); on a GPU parameters are cast to bf16 for compute (fp32 master weights
-and gradient reduction) and the forward runs under bf16 autocast. `checkpointing` recomputes
-each block in the backward pass.
+with FSDP2 (`fully_shard`). With precision bf16 (the default on a GPU and on a CPU that computes
+bfloat16 natively) the forward runs under bf16 autocast, master weights, optimizer state,
+gradient reduction and the loss in fp32; on a GPU FSDP also casts the parameters to bf16 for
+compute. `checkpointing` recomputes each block in the backward pass.
 
 The builtin text encoder is part of the trained model (its weights are in the checkpoint and
 the export); a frozen `hf:DIR` encoder is not, and its embeddings can come from the latent cache.
@@ -41,7 +42,6 @@ import time
 import types
 import typing
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -58,11 +58,14 @@ from kinema.train.common import (
     Dist,
     Logger,
     apply_train_state,
+    PRECISIONS,
+    autocast,
     barrier,
     init_distributed,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    resolve_precision,
     shutdown,
     train_state,
 )
@@ -100,7 +103,10 @@ class DiTTrainConfig:
             sequences (a multiple of the number of ranks); condition_probs: frame-conditioning mix
     Optim:  AdamW (lr, betas, weight_decay), linear warmup, then constant, or cosine down to
             min_lr by decay_steps when decay_steps > 0; grad_clip; ema_decay
-    Run:    steps, seed, device (auto | cpu | cuda), checkpoint_every, keep_checkpoints;
+    Run:    steps, seed, device (auto | cpu | cuda), precision (auto | bf16 | fp32: the forward
+            under bfloat16 autocast, float32 master weights, optimizer and loss; auto: bf16 on a
+            GPU and on a CPU that computes it natively, resolved once into config.json),
+            checkpoint_every, keep_checkpoints;
             init: an export folder whose weights (DiT and builtin text encoder, same shapes and
             words) a new run starts from, fine-tuning; init_reset: parts of it drawn afresh
             instead, each a dotted name of a module (e.g. "text_embed,text_pool,cross,cross_gate":
@@ -157,6 +163,7 @@ class DiTTrainConfig:
 
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     init: str = ""
@@ -172,6 +179,10 @@ class DiTTrainConfig:
             problems.append(f"text_encoder must be builtin or hf:DIR, not {self.text_encoder!r}")
         if self.text_frozen and self.text_encoder != "builtin":
             problems.append("text_frozen freezes the builtin text encoder; an hf:DIR encoder is always frozen")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        elif self.precision == "auto":  # resolved once, so config.json (and a resume) holds the one used
+            object.__setattr__(self, "precision", resolve_precision("auto"))
         if self.shift_scale is None:  # resolved once, so config.json holds the value used
             object.__setattr__(self, "shift_scale", 4.0 if self.data == "world" else 1.0)
         if not self.shift_scale > 0:
@@ -214,6 +225,9 @@ class DiTTrainConfig:
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise KinemaError(f"unknown DiT training keys {unknown}; known keys: {sorted(known)}")
+        if "precision" not in d:  # saved before it existed: what such runs did, bf16 on a GPU only
+            gpu = torch.cuda.is_available() and d.get("device", "auto") != "cpu"
+            d = {**d, "precision": "bf16" if gpu else "fp32"}
         hints = typing.get_type_hints(cls)
         out = {}
         for k, v in d.items():
@@ -295,11 +309,12 @@ class FlowModel(nn.Module):
         return v.clone()  # FSDP2 hooks the root's output; a view there could lose the hook
 
 
-def shard(model: FlowModel, d: Dist) -> None:
+def shard(model: FlowModel, d: Dist, precision: str = "bf16") -> None:
     """FSDP2: each DiT block and text encoder layer its own unit, then the root."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if d.device.type == "cuda" else None
+    bf16_params = d.device.type == "cuda" and precision == "bf16"  # on a CPU, autocast does the casting
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params else None
     kw = {"mp_policy": mp} if mp is not None else {}
     for block in model.dit.blocks:
         fully_shard(block, **kw)
@@ -573,7 +588,7 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
     if cfg.text_frozen:
         model.text.requires_grad_(False)  # out of the optimizer; the EMA keeps its weights as they are
     if d.distributed:
-        shard(model, d)
+        shard(model, d, cfg.precision)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     run = Run(cfg, d, root, model, optimizer, EMA(model, cfg.ema_decay), data, frozen_text, null_text,
@@ -642,7 +657,7 @@ def train_step(run: Run) -> dict[str, float]:
     micro = [make_micro_batch(b, cfg, dit_cfg, run.null_text) for b in run.data.next_batches(cfg.sequences_per_step)]
     count = _all_sum(float(sum(float(m.loss_mask.sum()) for m in micro)), d)  # loss tokens (weighted), all ranks
     scale = d.world_size / max(count, 1.0)  # FSDP averages over ranks: undo it to get a global mean
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    forward = autocast(cfg.precision, dev)
     loss_sum = torch.zeros((), device=dev)
     for m in micro:
         run.saw(m.positions, m.doc_ids)
@@ -653,7 +668,7 @@ def train_step(run: Run) -> dict[str, float]:
             with torch.no_grad():
                 text, text_mask = run.frozen_text(captions)
             captions = None
-        with autocast:
+        with forward:
             v = model(m.x_t.to(dev), m.positions.to(dev), m.t.to(dev), m.doc_ids.to(dev), captions, text, text_mask)
         err = (v.float() - m.target.to(dev)).pow(2).mean(dim=-1)[0]  # (L,) per-token squared error
         w = m.loss_mask.to(dev)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -24,12 +23,15 @@ import torch
 from kinema.errors import KinemaError
 from kinema.train.common import (
     EMA,
+    PRECISIONS,
     Logger,
     all_reduce_mean,
+    autocast,
     apply_train_state,
     init_distributed,
     latest_checkpoint,
     load_checkpoint,
+    resolve_precision,
     save_checkpoint,
     shutdown,
     train_state,
@@ -58,8 +60,13 @@ class VAETrainConfig:
     init: str = ""                        # a saved VAE (folder or shipped name) to start from
     freeze_encoder: bool = False          # train the decoder only: the latents stay the same
     workers: int = 0                      # processes that render / read the next batches ahead
+    precision: str = "auto"               # bf16 autocast (fp32 weights and loss) or fp32; auto: bf16 where native
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise KinemaError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.precision == "auto":  # resolved once, so config.json (and a resume) holds the one used
+            object.__setattr__(self, "precision", resolve_precision("auto"))
         if self.freeze_encoder and not self.init:
             raise KinemaError("--freeze-encoder needs --init: a trained VAE whose encoder to keep")
         if self.batch < 1 or self.steps < 1:
@@ -80,6 +87,8 @@ class VAETrainConfig:
     def from_dict(cls, d: dict) -> VAETrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
+        if "precision" not in d:  # saved before it existed: what such runs did, bf16 on a GPU only
+            d["precision"] = "bf16" if torch.cuda.is_available() else "fp32"
         if "frames" in d:
             d["frames"] = tuple(d["frames"])
         if "sizes" in d:
@@ -248,10 +257,9 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
     weights = LossWeights(l1=cfg.l1, ssim=cfg.ssim, kl=cfg.kl)
     per_rank = cfg.batch // d.world_size
     log = Logger(run_dir, d, total=cfg.steps, initial=start, desc="train vae") if progress else None
-    cuda = d.device.type == "cuda"
-    if cuda:  # fp32 weights and loss, the convolutions in bf16 on the GPU's matrix units
+    if d.device.type == "cuda":  # what runs in fp32 may use the GPU's matrix units
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    forward = autocast(cfg.precision, d.device)  # bf16: the convolutions in bfloat16, weights and loss fp32
     batches = step_batches(cfg, data, range(d.rank * per_rank, (d.rank + 1) * per_rank), start)
     losses = []
     for step in range(start, cfg.steps):
@@ -259,7 +267,7 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
         x = next(batches).to(d.device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        with autocast:
+        with forward:
             recon, posterior = net(x, generator=gen)
         loss, parts = vae_loss(x, recon.float(), posterior, weights)
         opt.zero_grad(set_to_none=True)
