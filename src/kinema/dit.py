@@ -74,10 +74,10 @@ class DiTConfig:
                           learned (2, D) table plus c itself, as Wan does
     ffn_dim:              the MLP's hidden width, overriding mlp_ratio (Wan 2.1 1.3B: 8960)
     trained_extent:       the largest token grid (t, h, w) the model was trained on, or None. A
-                          sample larger than it in h or w has its spatial positions scaled by one
-                          factor (the aspect kept) into that range (position interpolation); a t
-                          entry > 0 does the same in time; 0 never scales that axis. Packed
-                          sequences (training) keep their positions. See `position_scale`.
+                          sample larger than it in h or w has its spatial rotary angles scaled by
+                          one factor (the aspect kept) into that range, the slow frequencies only
+                          (`position_scale`, `frequency_scale`); a t entry > 0 does the same in
+                          time; 0 never scales that axis. Packed sequences (training) keep theirs.
     trained_min_side:     the shortest spatial side (tokens) of any sample trained on; 0: unknown.
                           With trained_extent, the pipeline composes smaller frames at this size
                           and scales them down (`kinema.composition`)
