@@ -43,7 +43,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- generate and edit (kinema.pipeline)
 
-_MODEL = typer.Option("world", "--model", help="'world' (the shipped model) or a model folder: an export, a training run, or a diffusers Wan 2.1 folder (model_index.json).")
+_MODEL = typer.Option("world", "--model", help="'world' (the shipped model) or a model folder: an export, a training run, or a diffusers Wan 2.1 or Wan 2.2 TI2V-5B folder (model_index.json).")
 _SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, any size: made on the model's grid and cropped back; beyond the sizes the model trained on, composed at one of them first, then refined at this size (default: the model's; 128x128 for world).")
 _INPUT_SIZE = typer.Option(None, "--size", help="WIDTHxHEIGHT to fit the input to (default: the input's own size).")
 _FIT = typer.Option("cover", help="How an input is fitted to --size: cover (scale to cover, centre-crop) or pad (scale to fit, letterbox).")

@@ -44,9 +44,9 @@ Weights. A model folder holds pipeline.json (written by `train.dit.export_weight
 height, seconds, fps, steps, guidance, the shift_scale the model was trained with, and
 "fps_range": [lo, hi], the frame rates it makes natively).
 `from_pretrained` accepts that folder, a training run folder (its export/), "world" (the
-folder kinema/weights/world/ shipped with the package), or a diffusers Wan 2.1 folder
-(model_index.json; loaded by `kinema.models.wan`, sampled with its own scheduler and the
-"replace" conditioning strategy).
+folder kinema/weights/world/ shipped with the package), or a diffusers Wan 2.1 or Wan 2.2
+TI2V-5B folder (model_index.json; loaded by `kinema.models.wan`, sampled with its own scheduler
+and the "replace" conditioning strategy for Wan 2.1, "native" for the TI2V-5B).
 The DiT is built on the meta device and its safetensors assigned, so loading costs the read.
 """
 
@@ -163,7 +163,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         )
     raise KinemaError(
         f"unknown model {text!r}: give 'world' (the shipped model), a model folder with {PIPELINE_FILE}, "
-        "or a diffusers Wan 2.1 folder (model_index.json)"
+        "or a diffusers Wan 2.1 or Wan 2.2 TI2V-5B folder (model_index.json)"
     )
 
 
