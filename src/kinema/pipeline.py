@@ -489,9 +489,6 @@ class Pipeline:
             f"made on {W}x{H} (the model's {self.multiple}-pixel grid) and cropped to {width}x{height}",)
         return W, H, _pad_box(height, width, self.multiple), note
 
-    def _frames_for(self, seconds: float, fps: float, minimum: int = 2) -> int:
-        return tasks.latent_frames_for(seconds, fps, self.temporal, minimum)
-
     def _timing(self, seconds: float, fps: float) -> tasks.Timing:
         """The duration rule (`tasks.timing`) for this model's frame rates."""
         return tasks.timing(seconds, fps, self.frame_rates)
@@ -776,7 +773,7 @@ class Pipeline:
         t = self._timing(s["seconds"], s["fps"])
         Wd, Ht, box, _ = self._grid(*self._size(width, height))
         total = t.made
-        W = self._frames_for(window, t.rate)
+        W = tasks.latent_frames_for(window, t.rate, self.temporal)  # latent frames a window
         k = max(1, min(context, W - 1))
         caption, _ = self.read_prompt(prompt, seed, expand)
         kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress)
