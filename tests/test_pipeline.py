@@ -437,7 +437,7 @@ def test_prompt_notices_reach_the_output_and_the_cli(model_dir, pipe, tmp_path, 
     with pytest.raises(KinemaError, match="does not know .zzz.*it knows colours"):
         pipe.generate("zzz qqq", expand=True, **SIZE, **FAST)
     code, text, err = run_cli(monkeypatch, capsys, "generate", "a fluffy orb drops onto the sand", "--size", "32x32",
-                              "--seconds", 1, "--fps", 8, "--steps", 2, "--model", model_dir, "--expand",
+                              "--seconds", 1, "--fps", 8, "--steps", 2, "--model", model_dir, "--expand", "world",
                               "--out", tmp_path / "a.mp4")  # fmt: skip
     assert code == 0, err
     assert "note: " in text and "fluffy" in text

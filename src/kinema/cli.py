@@ -24,7 +24,7 @@ world_app = typer.Typer(help="Kinema World: a procedural world with known physic
 bench_app = typer.Typer(help="Benchmarks that print their figures.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(bench_app, name="bench")
-data_app = typer.Typer(help="Data: index a folder of videos and images, cache VAE latents.", no_args_is_help=True)
+data_app = typer.Typer(help="Data: index a folder of videos and images, caption them, cache VAE latents.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Training, from one CPU process to torchrun on many GPUs.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -53,7 +53,9 @@ _STEPS = typer.Option(None, help="Sampling steps (default: the model's; 30).")
 _GUIDANCE = typer.Option(None, help="Classifier-free guidance scale; 1 turns it off (default: the model's; 4).")
 _SEED = typer.Option(0, help="Seed of the noise and of the prompt expansion.")
 _NEGATIVE = typer.Option("", "--negative", help="Negative prompt (default: none, the unconditional caption).")
-_EXPAND = typer.Option(None, "--expand/--no-expand", help="Expand a short prompt into a detailed caption (default: on for world models).")
+_EXPAND = typer.Option(None, "--expand", metavar="SPEC", help="Turn a short prompt into a detailed caption in the style the model was trained on: world (the Kinema World grammar, the default of world models), openai:URL (a language model behind an OpenAI-compatible server, e.g. openai:http://127.0.0.1:8000/v1), hf:DIR (a local transformers model) or none. The caption is printed and saved beside the output (OUT with .txt).")
+_NO_EXPAND = typer.Option(False, "--no-expand", help="Use the prompt as it is (--expand none).")
+_LLM_MODEL = typer.Option(None, "--llm-model", help="Model name at an openai:URL server (default: KINEMA_LLM_MODEL, else the one model it lists). Its API key: KINEMA_LLM_API_KEY or OPENAI_API_KEY.")
 _SAMPLER = typer.Option(None, help="Sampler: euler, heun or unipc (default: the model's; euler for Kinema's, a Wan folder's own scheduler).")
 _DTYPE = typer.Option(None, help="Weights of a Wan folder in memory: float32 (default), bfloat16 or float16 (half the memory).")
 _OFFLOAD = typer.Option("none", help="GPU memory: none; text (the text encoder leaves the GPU after encoding); blocks (that, and the DiT's blocks stream from CPU memory one at a time).")
@@ -92,14 +94,39 @@ def _pipeline(model: str, dtype: str | None = None, offload: str = "none"):
     return Pipeline.from_pretrained(model, dtype=dtype, offload=offload)
 
 
-def _write(result, out: Path) -> None:
+def _expansion(spec: str | None, off: bool, llm_model: str | None):
+    """--expand SPEC / --no-expand / --llm-model -> the pipeline's `expand` argument (called before
+    the model loads, so that a bad SPEC fails first)."""
+    if off:
+        if spec is not None:
+            raise KinemaError("give --expand SPEC or --no-expand, not both")
+        return False
+    if spec is None or spec.strip() in ("world", "none", "off"):
+        return spec
+    from kinema.llm import connect
+
+    return connect(spec.strip(), model=llm_model)
+
+
+def _echo_caption(result, prompt: str, out: Path) -> None:
+    """Print the caption the model read; when it is not the prompt, save it beside the output
+    (OUT with .txt: the sidecar `kinema data index` reads)."""
+    typer.echo(f"caption: {result.caption}")
+    if result.caption != prompt:
+        from kinema.data.caption import write_sidecar
+
+        write_sidecar(out, result.caption)
+        typer.echo(f"wrote the caption to {out.with_suffix('.txt')}")
+
+
+def _write(result, out: Path, prompt: str) -> None:
     from kinema.video import write_video
 
     path = write_video(out, result.frames, result.fps)
     T, H, W, _ = result.frames.shape
     for note in result.notices:
         typer.echo(f"note: {note}")
-    typer.echo(f"caption: {result.caption}")
+    _echo_caption(result, prompt, path)
     typer.echo(f"wrote {path} ({T} frames, {W}x{H} @ {result.fps:g} fps)")
 
 
@@ -107,39 +134,41 @@ def _write(result, out: Path) -> None:
 def generate_cmd(
     prompt: str = typer.Argument(..., help="What to show, e.g. 'a red ball bounces on green grass'."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
-    seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    seed: int = _SEED, negative: str = _NEGATIVE, expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD,
     window: float = typer.Option(None, help="Make a long video in windows of this many seconds, each written as it is done (memory does not grow with --seconds)."),
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Text -> video of any size and duration."""
     width, height = _early_checks(size, seconds, fps, out)
+    how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload)
     kw = dict(width=width, height=height, fps=fps, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
-              expand=expand, method=sampler)  # fmt: skip
+              expand=how, method=sampler)  # fmt: skip
     if window is not None:
         result = pipe.long(prompt, seconds if seconds is not None else pipe.defaults["seconds"], window, out=out, **kw)
         for note in result.notices:
             typer.echo(f"note: {note}")
-        typer.echo(f"caption: {result.caption}")
+        _echo_caption(result, prompt, result.path)
         typer.echo(f"wrote {result.path}")
         return
-    _write(pipe.generate(prompt, seconds=seconds, **kw), out)
+    _write(pipe.generate(prompt, seconds=seconds, **kw), out, prompt)
 
 
 @app.command("image")
 def image_cmd(
     prompt: str = typer.Argument(..., help="What to show."),
     size: str = _SIZE, steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
-    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD,
     out: Path = typer.Option(Path("image.png"), help="Image to write (.png, .jpg or .webp)."),
 ) -> None:  # fmt: skip
     """Text -> image (one frame)."""
     width, height = _early_checks(size, out=out, still=True)
+    how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.image(prompt, width, height, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
-                      expand=expand, method=sampler), out)  # fmt: skip
+                      expand=how, method=sampler), out, prompt)  # fmt: skip
 
 
 @app.command("animate")
@@ -147,16 +176,17 @@ def animate_cmd(
     image: Path = typer.Argument(..., help="Image (or video: its first frame) to start from."),
     prompt: str = typer.Argument(..., help="What happens next."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
-    seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    seed: int = _SEED, negative: str = _NEGATIVE, expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD, fit: str = _FIT,
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Image -> video: the image is the first frame (default size: the image's)."""
     width, height = _early_checks(size, seconds, fps, out)
     source = _read_media(image)
+    how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.animate(source, prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
-                        negative_prompt=negative, expand=expand, method=sampler, fit=fit), out)  # fmt: skip
+                        negative_prompt=negative, expand=how, method=sampler, fit=fit), out, prompt)  # fmt: skip
 
 
 @app.command("extend")
@@ -167,7 +197,7 @@ def extend_cmd(
     seconds: float = typer.Option(None, help="Seconds of new frames, made at the video's rate: exactly seconds x rate of them, rounded to whole frames (default: the model's; 2)."),
     fps: float = typer.Option(None, help="Read the video at this rate (default: its own); the new frames are made at it."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
-    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Extend a video forward or backward in time."""
@@ -175,25 +205,27 @@ def extend_cmd(
         raise KinemaError(f"--direction must be forward or backward; got {direction!r}")
     width, height = _early_checks(size, seconds, fps, out)
     source = _read_media(video, fps)
+    how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.extend(source, prompt, direction, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
-                       negative_prompt=negative, expand=expand, method=sampler, width=width, height=height,
-                       fit=fit), out)  # fmt: skip
+                       negative_prompt=negative, expand=how, method=sampler, width=width, height=height,
+                       fit=fit), out, prompt)  # fmt: skip
 
 
 @app.command("loop")
 def loop_cmd(
     prompt: str = typer.Argument(..., help="What to show."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
-    seed: int = _SEED, negative: str = _NEGATIVE, expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    seed: int = _SEED, negative: str = _NEGATIVE, expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD,
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """A seamless loop: its last frame leads into its first."""
     width, height = _early_checks(size, seconds, fps, out)
+    how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.loop(prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
-                     negative_prompt=negative, expand=expand, method=sampler), out)  # fmt: skip
+                     negative_prompt=negative, expand=how, method=sampler), out, prompt)  # fmt: skip
 
 
 @app.command("connect")
@@ -204,17 +236,18 @@ def connect_cmd(
     seconds: float = typer.Option(None, help="Seconds of frames between them, made at the first's rate: exactly seconds x rate of them, rounded to whole frames (default: the model's; 2)."),
     fps: float = typer.Option(None, help="Read both videos at this rate (default: the first's); the frames between are made at it."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
-    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Connect two videos: A, generated frames from A's end to B's start, B."""
     width, height = _early_checks(size, seconds, fps, out)
     first = _read_media(a, fps)
     second = _read_media(b, first.fps)
+    how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.connect(first, second, prompt, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
-                        negative_prompt=negative, expand=expand, method=sampler, width=width, height=height,
-                        fit=fit), out)  # fmt: skip
+                        negative_prompt=negative, expand=how, method=sampler, width=width, height=height,
+                        fit=fit), out, prompt)  # fmt: skip
 
 
 @app.command("edit")
@@ -224,7 +257,7 @@ def edit_cmd(
     strength: float = typer.Option(0.6, help="How far from the input: 0 keeps it, 1 ignores it."),
     fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
-    expand: bool = _EXPAND, sampler: str = _SAMPLER, model: str = _MODEL,
+    expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
     dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """SDEdit video -> video: the input noised to STRENGTH, then made again under the new prompt."""
@@ -232,9 +265,10 @@ def edit_cmd(
         raise KinemaError(f"--strength must be in [0, 1]; got {strength}")
     width, height = _early_checks(size, None, fps, out, still=True)
     source = _read_media(video, fps)
+    how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload)
     _write(pipe.edit(source, prompt, strength, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
-                     expand=expand, method=sampler, width=width, height=height, fit=fit), out)  # fmt: skip
+                     expand=how, method=sampler, width=width, height=height, fit=fit), out, prompt)  # fmt: skip
 
 
 # ---------------------------------------------------------------- the web page (kinema.serve)
@@ -311,6 +345,45 @@ def data_index(
     result = index_folder(folder, out or folder / "manifest.jsonl")
     typer.echo(f"indexed {result.rows} clips into {result.manifest}; "
                f"{len(result.errors)} unreadable files skipped (listed in {result.errors_file})")  # fmt: skip
+
+
+@data_app.command("caption")
+def data_caption(
+    manifest: Path = typer.Argument(..., help="Manifest from `kinema data index` (or `kinema world dataset`); rewritten in place."),
+    captioner: str = typer.Option(..., help="The vision-language model: openai:URL (an OpenAI-compatible server, e.g. openai:http://127.0.0.1:8000/v1) or hf:DIR (a local transformers folder)."),
+    llm_model: str = typer.Option(None, "--llm-model", help="Model name at an openai:URL server (default: KINEMA_LLM_MODEL, else the one model it lists)."),
+    api_key: str = typer.Option(None, help="API key of the server (default: KINEMA_LLM_API_KEY or OPENAI_API_KEY; local servers take any)."),
+    frames: int = typer.Option(8, min=1, help="Frames sent a clip, spread evenly over it (an image sends 1)."),
+    size: int = typer.Option(448, min=16, help="Longer side of each frame sent, in pixels (never enlarged)."),
+    prompt: Path = typer.Option(None, help="Caption prompt file; {count}, {seconds}, {width}, {height} and {fps} are filled in per clip (default: Kinema's, kinema/prompts/caption.txt: subject, appearance, motion, background, camera, lighting)."),
+    overwrite: bool = typer.Option(False, help="Caption every clip, also those that have a caption."),
+    concurrency: int = typer.Option(4, min=1, help="Requests in flight at once (hf:DIR answers one at a time)."),
+    timeout: float = typer.Option(120.0, help="Seconds one request may take."),
+    retries: int = typer.Option(2, min=0, help="Further tries of a request that failed for a transient reason (no connection, timeout, HTTP 429 or 5xx), with exponential back-off."),
+    max_tokens: int = typer.Option(300, min=1, help="The longest answer asked for, in tokens."),
+    max_chars: int = typer.Option(2000, min=1, help="An answer longer than this many characters is an error, not a caption."),
+    sidecars: bool = typer.Option(True, "--sidecars/--no-sidecars", help="Write each caption beside its clip too (clip.txt)."),
+    give_up: int = typer.Option(10, min=1, help="Stop the run when this many requests in a row fail (a server that is down, a model it does not know); what was made is saved."),
+) -> None:
+    """Caption the clips of a manifest with a vision-language model, as the report re-captions its
+    training videos. Clips that fail are listed in MANIFEST's .caption-errors.jsonl; a crash,
+    kill or Ctrl-C loses nothing, and a rerun resumes."""
+    from kinema.data.caption import CaptionOptions, caption_manifest
+    from kinema.llm import connect
+
+    options = CaptionOptions(frames=frames, size=size, prompt=prompt, overwrite=overwrite, concurrency=concurrency,
+                             max_tokens=max_tokens, max_chars=max_chars, sidecars=sidecars, give_up=give_up)  # fmt: skip
+    options.check()
+    if not manifest.is_file():
+        raise KinemaError(f"no manifest at {manifest}; make one with `kinema data index FOLDER --out {manifest}`")
+    chat = connect(captioner, model=llm_model, api_key=api_key, timeout=timeout, retries=retries)
+    typer.echo(f"captioning with {chat.name}")
+    r = caption_manifest(manifest, chat, options, log=typer.echo)
+    typer.echo(f"captioned {r.captioned} clips in {r.seconds:.1f} s ({r.clips_per_second:.2f} clips/s); "
+               f"{r.resumed} resumed, {r.skipped} had captions, {len(r.failed)} failed"
+               + (f" (listed in {r.errors_file})" if r.failed else ""))  # fmt: skip
+    if r.failed and not (r.captioned or r.resumed):
+        raise KinemaError(f"no clip was captioned; the first error: {r.failed[0]['error']}")
 
 
 @data_app.command("encode")

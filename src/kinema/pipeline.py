@@ -94,6 +94,9 @@ OFFLOAD = ("none", "text", "blocks")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONTEXT = 2  # latent frames of context for extend, long, loop and connect (1 + 4 = 5 pixel frames)
 Media = str | os.PathLike | Video | Tensor | np.ndarray
+# how a prompt becomes a caption (`Pipeline.read_prompt`): None (the model's default), a bool, "world",
+# "none", a language model SPEC ("openai:URL", "hf:DIR") or a `kinema.llm` chat
+Expand = bool | str | Callable | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -355,13 +358,18 @@ class Pipeline:
 
     def __init__(self, dit, text_encoder, vae, *, expand: bool = False, defaults: dict | None = None,
                  name: str = "", device: torch.device | str = "cpu", strategy: str = "native",
-                 scheduler: dict | None = None, offload: str = "none"):  # fmt: skip
+                 scheduler: dict | None = None, offload: str = "none", folder: str | os.PathLike | None = None,
+                 kind: str = "kinema"):  # fmt: skip
         if offload not in OFFLOAD:
             raise KinemaError(f"offload must be one of {', '.join(OFFLOAD)}; got {offload!r}")
         self.dit = dit
         self.text_encoder = text_encoder
         self.vae = vae
         self.expand = expand
+        self.folder = folder  # the model folder: its expand.json styles prompt expansion by a language model
+        self.kind = kind  # "world", "wan" or "kinema": which default expansion style it gets without one
+        self._style = None
+        self._chats: dict = {}
         self.defaults = {**DEFAULTS, **(defaults or {})}
         if "fps_range" in self.defaults:  # a bad range is an error at load, not at the first video
             tasks.check_frame_rates(self.defaults["fps_range"])
@@ -414,7 +422,8 @@ class Pipeline:
             elif offload == "blocks":
                 w.vae.to(dev)
             return cls(w.dit, w.text_encoder, w.vae, defaults=w.defaults, name=str(name_or_path), device=dev,
-                       strategy=w.strategy, scheduler=w.scheduler, offload=offload)  # fmt: skip
+                       strategy=w.strategy, scheduler=w.scheduler, offload=offload, folder=name_or_path,
+                       kind="wan")  # fmt: skip
         directory = resolve(name_or_path)
         spec = _read_json(directory / PIPELINE_FILE)
         dit = _load_dit(directory, spec, dev)
@@ -435,7 +444,7 @@ class Pipeline:
             expand = str(name_or_path) == "world" or trained_on_world
         expand = expand in (True, "world")
         return cls(dit, text, vae, expand=expand, defaults=spec.get("defaults"), name=str(name_or_path), device=dev,
-                   offload=offload)
+                   offload=offload, folder=directory, kind="world" if expand else "kinema")  # fmt: skip
 
     @property
     def frame_rates(self) -> tuple[float, float]:
@@ -450,21 +459,43 @@ class Pipeline:
 
     # ------------------------------------------------------------ prompts
 
-    def caption(self, prompt: str, seed: int = 0, expand: bool | None = None) -> str:
+    def caption(self, prompt: str, seed: int = 0, expand: Expand = None) -> str:
         """The caption the model reads: the prompt, expanded by the world grammar when asked."""
         return self.read_prompt(prompt, seed, expand)[0]
 
-    def read_prompt(self, prompt: str, seed: int = 0, expand: bool | None = None) -> tuple[str, tuple[str, ...]]:
-        """(caption, notices): the world grammar keeps what it can draw and says what it read
-        otherwise or left out; only a prompt with nothing drawable is an error."""
+    def read_prompt(self, prompt: str, seed: int = 0, expand: Expand = None) -> tuple[str, tuple[str, ...]]:
+        """(caption, notices). expand: None (the model's default), False or "none" (the prompt as
+        it is), True or "world" (the Kinema World grammar: it keeps what it can draw and says what
+        it read otherwise or left out; only a prompt with nothing drawable is an error), a language
+        model SPEC ("openai:URL", "hf:DIR") or a `kinema.llm` chat: the prompt rewritten in the
+        style of the model's training captions (`kinema.llm.load_style` of the model folder)."""
         if not isinstance(prompt, str):
             raise KinemaError("the prompt must be a string")
-        if self.expand if expand is None else expand:
+        if expand is None:
+            expand = self.expand
+        if isinstance(expand, str):
+            expand = {"world": True, "none": False, "off": False}.get(expand.strip(), expand.strip())
+        if expand is True:
             from kinema.world.text import expand_prompt
 
             caption, notices = expand_prompt(prompt, seed)
             return caption, tuple(notices)
-        return prompt, ()
+        if expand is False:
+            return prompt, ()
+        from kinema import llm
+
+        chat = self._chat(expand) if isinstance(expand, str) else expand
+        if self._style is None:
+            self._style = llm.load_style(self.folder, self.kind)
+        return llm.expand_prompt(chat, prompt, self._style), (f"prompt expanded by {chat.name}",)
+
+    def _chat(self, spec: str):
+        """The language model a SPEC names, connected once per pipeline."""
+        if spec not in self._chats:
+            from kinema.llm import connect
+
+            self._chats[spec] = connect(spec)
+        return self._chats[spec]
 
     # ------------------------------------------------------------ pieces every task shares
 
@@ -602,7 +633,7 @@ class Pipeline:
 
     def generate(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
                  fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-                 negative_prompt: str = "", expand: bool | None = None, method: str | None = None,
+                 negative_prompt: str = "", expand: Expand = None, method: str | None = None,
                  progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """Text -> video of exactly width x height and seconds * fps frames (module doc: Durations)."""
         s = self._settings(seconds=seconds, fps=fps, steps=steps, guidance=guidance)
@@ -617,7 +648,7 @@ class Pipeline:
         return Output(Video(frames, t.fps), caption, z, plan, notices=said + notes + t.notices)
 
     def image(self, prompt: str, width: int | None = None, height: int | None = None, steps: int | None = None,
-              guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
+              guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: Expand = None,
               method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """Text -> image: one latent frame, one pixel frame."""
         s = self._settings(steps=steps, guidance=guidance, fps=None)
@@ -630,7 +661,7 @@ class Pipeline:
 
     def animate(self, image: Media, prompt: str, width: int | None = None, height: int | None = None,
                 seconds: float | None = None, fps: float | None = None, steps: int | None = None,
-                guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: bool | None = None,
+                guidance: float | None = None, seed: int = 0, negative_prompt: str = "", expand: Expand = None,
                 method: str | None = None, progress: bool = True, callback: Callable | None = None,
                 fit: str = "cover") -> Output:  # fmt: skip
         """Image -> video: latent frame 0 pinned to the encoded image (the first frame of a
@@ -648,7 +679,7 @@ class Pipeline:
 
     def extend(self, video: Media, prompt: str, direction: str = "forward", seconds: float | None = None,
                fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-               negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, method: str | None = None,
+               negative_prompt: str = "", expand: Expand = None, context: int = CONTEXT, method: str | None = None,
                progress: bool = True, callback: Callable | None = None, width: int | None = None,
                height: int | None = None, fit: str = "cover") -> Output:  # fmt: skip
         """Exactly `seconds` of new frames (seconds * the video's rate, rounded to whole frames)
@@ -679,7 +710,7 @@ class Pipeline:
 
     def connect(self, a: Media, b: Media, prompt: str, seconds: float | None = None, fps: float | None = None,
                 steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-                expand: bool | None = None, context: int = CONTEXT, method: str | None = None, progress: bool = True,
+                expand: Expand = None, context: int = CONTEXT, method: str | None = None, progress: bool = True,
                 callback: Callable | None = None, width: int | None = None, height: int | None = None,
                 fit: str = "cover") -> Output:  # fmt: skip
         """A, then exactly `seconds` of frames (seconds * A's rate, whole frames) that lead from
@@ -710,7 +741,7 @@ class Pipeline:
 
     def loop(self, prompt: str, width: int | None = None, height: int | None = None, seconds: float | None = None,
              fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-             negative_prompt: str = "", expand: bool | None = None, context: int = CONTEXT, bridge: float = 1 / 3,
+             negative_prompt: str = "", expand: Expand = None, context: int = CONTEXT, bridge: float = 1 / 3,
              method: str | None = None, progress: bool = True, callback: Callable | None = None) -> Output:  # fmt: skip
         """A seamless loop of seconds * fps frames: a turn of 4K frames made at the model's rate
         (K = seconds * rate / 4), a clip then a bridge from its tail back to its head (`tasks`
@@ -740,7 +771,7 @@ class Pipeline:
 
     def edit(self, video: Media, prompt: str, strength: float = 0.6, fps: float | None = None,
              steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-             expand: bool | None = None, method: str | None = None, progress: bool = True,
+             expand: Expand = None, method: str | None = None, progress: bool = True,
              callback: Callable | None = None, width: int | None = None, height: int | None = None,
              fit: str = "cover") -> Output:  # fmt: skip
         """SDEdit: the video's latent noised to t = strength, then sampled under the new prompt.
@@ -762,7 +793,7 @@ class Pipeline:
     def long_windows(self, prompt: str, seconds: float, window: float = 2.0, width: int | None = None,
                      height: int | None = None, fps: float | None = None, steps: int | None = None,
                      guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-                     expand: bool | None = None, context: int = CONTEXT, method: str | None = None,
+                     expand: Expand = None, context: int = CONTEXT, method: str | None = None,
                      progress: bool = True) -> Iterator[Window]:  # fmt: skip
         """A long video as finished windows, in order: window 0 is text -> video, each later one a
         forward extension of the same size from the last frames made. Window w uses seed + w.
@@ -956,6 +987,10 @@ def pack_model(source: str | os.PathLike, out: str | os.PathLike, *, vae: str | 
     defaults = {**spec.get("defaults", {}), **(defaults or {})}  # the export's shift_scale stays
     if defaults:
         doc["defaults"] = defaults
+    from kinema.llm import STYLE_FILE
+
+    if (src / STYLE_FILE).is_file():  # its prompt-expansion style travels with it
+        (dst / STYLE_FILE).write_text((src / STYLE_FILE).read_text(encoding="utf-8"), encoding="utf-8")
     (dst / PIPELINE_FILE).write_text(json.dumps(doc, indent=1) + "\n")
     return dst
 

@@ -223,6 +223,45 @@ def read_video(
     return Video(frames, float(fps or src_fps))
 
 
+def spread_indices(n_frames: int, count: int) -> list[int]:
+    """`count` frame indices spread evenly over `n_frames` (the middle of each of `count` equal
+    parts), at most one each: what a captioner is shown of a clip."""
+    count = max(1, min(int(count), int(n_frames)))
+    return [int((i + 0.5) * n_frames / count) for i in range(count)]
+
+
+def read_frames_at(path: str | os.PathLike, indices: list[int]) -> np.ndarray:
+    """The frames at these indices (counted at the file's own rate), uint8 (K, H, W, 3), decoding
+    only up to the last one. An index past the end gives the last frame."""
+    path = _check_file(path)
+    if not indices or min(indices) < 0:
+        raise VideoError(f"{path}: frame indices must be >= 0; got {indices}")
+    wanted, stop = set(indices), max(indices)
+    found: dict[int, np.ndarray] = {}
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        with _pil_errors(path), Image.open(path) as image:
+            end = min(getattr(image, "n_frames", 1), stop + 1)
+            for i in range(end):
+                if i in wanted or i == end - 1:
+                    image.seek(i)
+                    found[i] = _image_to_rgb(image)
+    else:
+        with _av_errors(path, "decode"), _open(path) as container:
+            to_rgb, seen = _FrameToRGB(), None
+            for i, frame in enumerate(container.decode(_video_stream(container, path))):
+                if i in wanted:
+                    found[i] = to_rgb(frame)
+                seen = (i, frame)
+                if i >= stop:
+                    break
+            if seen is not None and seen[0] not in found:  # fewer frames than asked for: the last stands in
+                found[seen[0]] = to_rgb(seen[1])
+    if not found:
+        raise VideoError(f"{path}: the video has no frames")
+    last = max(found)
+    return np.stack([found.get(i, found[last]) for i in indices])
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Size, rate, frame count and duration of a video or image, as `read_video` would return it.
 
