@@ -194,13 +194,16 @@ def _cause(e: BaseException) -> str:
 
 
 def _server_message(e) -> str:
+    """What the server said: its JSON error message, else the start of its answer's text."""
     body = getattr(e, "body", None)
     if isinstance(body, dict):
-        err = body.get("error", body)
+        err = body.get("error", body.get("detail", body))
         msg = err.get("message") if isinstance(err, dict) else err
         if msg:
             return str(msg)[:300]
-    return (str(getattr(e, "message", "")) or str(e))[:300]
+    response = getattr(e, "response", None)
+    text = (getattr(response, "text", "") or "").strip()
+    return (text or str(getattr(e, "message", "")) or str(e))[:300]
 
 
 class LocalChat:
@@ -293,11 +296,11 @@ class Style:
     source: str = field(default="", compare=False)
 
 
-def read_style(path: str | os.PathLike | resources.abc.Traversable) -> Style:
-    """A style file: {"instruction": str, "examples": [{"prompt", "caption"}, ...], "max_tokens", "max_chars"}."""
+def read_style(path) -> Style:
+    """A style file (a path, or a package resource): {"instruction": str, "examples": [{"prompt",
+    "caption"}, ...], "max_tokens", "max_chars"}."""
     try:
-        doc = json.loads(Path(str(path)).read_text(encoding="utf-8") if isinstance(path, (str, os.PathLike))
-                         else path.read_text(encoding="utf-8"))  # fmt: skip
+        doc = json.loads((Path(path) if isinstance(path, str) else path).read_text(encoding="utf-8"))
         examples = tuple((str(e["prompt"]), str(e["caption"])) for e in doc.get("examples", ()))
         style = Style(str(doc["instruction"]), examples, int(doc.get("max_tokens", 400)),
                       int(doc.get("max_chars", 2000)), str(path))  # fmt: skip
