@@ -159,21 +159,31 @@ def test_the_server_reads_every_frame_as_an_image(server, models, rendered, tmp_
     assert three - one == 2 * TOKENS_PER_IMAGE + (len("3") - len("1"))  # the prompt text says how many
 
 
+def start_and_stop(cmd: list[str], journal: Path, sig: int, after: int = 3) -> subprocess.Popen:
+    """Start a caption run and send it `sig` once `after` captions are in its journal."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.is_file() and journal.read_text().count("\n") >= after:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before it could be stopped: {proc.communicate()}"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=120)
+    return proc
+
+
+def caption_cmd(manifest: Path, url: str, model: Path) -> list[str]:
+    return [sys.executable, "-m", "kinema.cli", "data", "caption", str(manifest), "--captioner", f"openai:{url}",
+            "--llm-model", str(model), "--frames", "4", "--max-tokens", "24", "--concurrency", "1"]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_kill_9_loses_nothing_and_the_rerun_resumes(server, models, rendered, tmp_path):
     manifest = footage(rendered, tmp_path / "clips", copies=5)  # 30 clips
     journal = journal_path(manifest)
-    cmd = [sys.executable, "-m", "kinema.cli", "data", "caption", str(manifest), "--captioner", f"openai:{server.url}",
-           "--llm-model", str(models["vlm"]), "--frames", "4", "--max-tokens", "24", "--concurrency", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if journal.is_file() and journal.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    cmd = caption_cmd(manifest, server.url, models["vlm"])
+    start_and_stop(cmd, journal, signal.SIGKILL)
 
     rows = read_jsonl(manifest)  # still whole: rewritten only by renaming a finished file over it
     assert len(rows) == 30
@@ -287,3 +297,17 @@ def test_each_model_is_prompted_in_its_own_style(models, tmp_path):
         (folder / "expand.json").write_text("{}")
         Pipeline.from_pretrained(folder).read_prompt("a red ball", expand=chat)
     assert parse_spec(f"hf:{models['text']}") == ("hf", str(models["text"]))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_manifest_and_exits_130(server, models, rendered, tmp_path):
+    manifest = footage(rendered, tmp_path / "clips", copies=3)  # 18 clips
+    proc = start_and_stop(caption_cmd(manifest, server.url, models["vlm"]), journal_path(manifest), signal.SIGINT)
+    said = proc.stdout.read() + proc.stderr.read()
+    assert proc.returncode == 130 and "interrupted: saving the captions" in said and "Traceback" not in said, said
+    rows = read_jsonl(manifest)
+    done = read_journal(journal_path(manifest))
+    assert len(rows) == 18 and 3 <= len(done) < 18
+    assert sum(bool(r["caption"]) for r in rows) == len(done)  # the manifest itself holds what was made
+    res = subprocess.run(caption_cmd(manifest, server.url, models["vlm"]), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and f"captioned {18 - len(done)} clips" in res.stdout, res.stdout + res.stderr
