@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# A CPU wheel of torch lies on these machines' disk; on a GPU machine install a CUDA torch first.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,serve,llm]'
+	$(BIN)/python -m pip install -q -e '.[dev,serve,llm,finetune]'
 	touch $@
 
 demo: env

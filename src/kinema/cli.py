@@ -58,6 +58,7 @@ _NO_EXPAND = typer.Option(False, "--no-expand", help="Use the prompt as it is (-
 _LLM_MODEL = typer.Option(None, "--llm-model", help="Model name at an openai:URL server (default: KINEMA_LLM_MODEL, else the one model it lists). Its API key: KINEMA_LLM_API_KEY or OPENAI_API_KEY.")
 _SAMPLER = typer.Option(None, help="Sampler: euler, heun or unipc (default: the model's; euler for Kinema's, a Wan folder's own scheduler).")
 _DTYPE = typer.Option(None, help="Weights of a Wan folder in memory: float32 (default), bfloat16 or float16 (half the memory).")
+_LORA = typer.Option([], "--lora", metavar="FILE[:SCALE]", help="LoRA adapters to apply, merged into the DiT's weights: a .safetensors file (Kinema's export/lora.safetensors, or a Wan LoRA in diffusers' layout) with an optional scale (default 1). Repeat it for several.")
 _OFFLOAD = typer.Option("none", help="GPU memory: none; text (the text encoder leaves the GPU after encoding); blocks (that, and the DiT's blocks stream from CPU memory one at a time).")
 _VIDEO_OUT = typer.Option(Path("out.mp4"), help="Video to write (.mp4, .webm, .mkv, .mov or .gif).")
 
@@ -88,10 +89,34 @@ def _read_media(path: Path, fps: float | None = None):
     return read_video(path, fps=fps)
 
 
-def _pipeline(model: str, dtype: str | None = None, offload: str = "none"):
+def _pipeline(model: str, dtype: str | None = None, offload: str = "none", lora: list[str] | None = None):
     from kinema.pipeline import Pipeline
 
-    return Pipeline.from_pretrained(model, dtype=dtype, offload=offload)
+    adapters = [_lora_arg(item) for item in lora or ()]  # a bad --lora fails before the model loads
+    pipe = Pipeline.from_pretrained(model, dtype=dtype, offload=offload)
+    for path, scale in adapters:
+        n = pipe.apply_lora(path, scale)
+        typer.echo(f"applied the LoRA {path} at scale {scale:g} ({n} weights)")
+    return pipe
+
+
+def _lora_arg(text: str) -> tuple[Path, float]:
+    """'FILE' or 'FILE:SCALE' -> (path, scale)."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            path = text  # a colon that belongs to the path
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / "export" / "lora.safetensors").is_file():
+        p = p / "export" / "lora.safetensors"
+    elif p.is_dir() and (p / "lora.safetensors").is_file():
+        p = p / "lora.safetensors"
+    if not p.is_file():
+        raise KinemaError(f"--lora {text}: no such LoRA file (give FILE or FILE:SCALE; a run folder's export/lora.safetensors)")
+    return p, scale
 
 
 def _expansion(spec: str | None, off: bool, llm_model: str | None):
@@ -135,14 +160,14 @@ def generate_cmd(
     prompt: str = typer.Argument(..., help="What to show, e.g. 'a red ball bounces on green grass'."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
     seed: int = _SEED, negative: str = _NEGATIVE, expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, lora: list[str] = _LORA,
     window: float = typer.Option(None, help="Make a long video in windows of this many seconds, each written as it is done (memory does not grow with --seconds)."),
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Text -> video of any size and duration."""
     width, height = _early_checks(size, seconds, fps, out)
     how = _expansion(expand, no_expand, llm_model)
-    pipe = _pipeline(model, dtype, offload)
+    pipe = _pipeline(model, dtype, offload, lora)
     kw = dict(width=width, height=height, fps=fps, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
               expand=how, method=sampler)  # fmt: skip
     if window is not None:
@@ -160,13 +185,13 @@ def image_cmd(
     prompt: str = typer.Argument(..., help="What to show."),
     size: str = _SIZE, steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, lora: list[str] = _LORA,
     out: Path = typer.Option(Path("image.png"), help="Image to write (.png, .jpg or .webp)."),
 ) -> None:  # fmt: skip
     """Text -> image (one frame)."""
     width, height = _early_checks(size, out=out, still=True)
     how = _expansion(expand, no_expand, llm_model)
-    pipe = _pipeline(model, dtype, offload)
+    pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.image(prompt, width, height, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
                       expand=how, method=sampler), out, prompt)  # fmt: skip
 
@@ -177,14 +202,14 @@ def animate_cmd(
     prompt: str = typer.Argument(..., help="What happens next."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
     seed: int = _SEED, negative: str = _NEGATIVE, expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD, fit: str = _FIT,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, lora: list[str] = _LORA, fit: str = _FIT,
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Image -> video: the image is the first frame (default size: the image's)."""
     width, height = _early_checks(size, seconds, fps, out)
     source = _read_media(image)
     how = _expansion(expand, no_expand, llm_model)
-    pipe = _pipeline(model, dtype, offload)
+    pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.animate(source, prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
                         negative_prompt=negative, expand=how, method=sampler, fit=fit), out, prompt)  # fmt: skip
 
@@ -198,7 +223,7 @@ def extend_cmd(
     fps: float = typer.Option(None, help="Read the video at this rate (default: its own); the new frames are made at it."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, lora: list[str] = _LORA, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Extend a video forward or backward in time."""
     if direction not in ("forward", "backward"):
@@ -206,7 +231,7 @@ def extend_cmd(
     width, height = _early_checks(size, seconds, fps, out)
     source = _read_media(video, fps)
     how = _expansion(expand, no_expand, llm_model)
-    pipe = _pipeline(model, dtype, offload)
+    pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.extend(source, prompt, direction, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
                        negative_prompt=negative, expand=how, method=sampler, width=width, height=height,
                        fit=fit), out, prompt)  # fmt: skip
@@ -217,13 +242,13 @@ def loop_cmd(
     prompt: str = typer.Argument(..., help="What to show."),
     size: str = _SIZE, seconds: float = _SECONDS, fps: float = _FPS, steps: int = _STEPS, guidance: float = _GUIDANCE,
     seed: int = _SEED, negative: str = _NEGATIVE, expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, lora: list[str] = _LORA,
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """A seamless loop: its last frame leads into its first."""
     width, height = _early_checks(size, seconds, fps, out)
     how = _expansion(expand, no_expand, llm_model)
-    pipe = _pipeline(model, dtype, offload)
+    pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.loop(prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
                      negative_prompt=negative, expand=how, method=sampler), out, prompt)  # fmt: skip
 
@@ -237,14 +262,14 @@ def connect_cmd(
     fps: float = typer.Option(None, help="Read both videos at this rate (default: the first's); the frames between are made at it."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, lora: list[str] = _LORA, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Connect two videos: A, generated frames from A's end to B's start, B."""
     width, height = _early_checks(size, seconds, fps, out)
     first = _read_media(a, fps)
     second = _read_media(b, first.fps)
     how = _expansion(expand, no_expand, llm_model)
-    pipe = _pipeline(model, dtype, offload)
+    pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.connect(first, second, prompt, seconds=seconds, steps=steps, guidance=guidance, seed=seed,
                         negative_prompt=negative, expand=how, method=sampler, width=width, height=height,
                         fit=fit), out, prompt)  # fmt: skip
@@ -258,7 +283,7 @@ def edit_cmd(
     fps: float = typer.Option(None, help="Read the video at this rate (default: its own)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, seed: int = _SEED, negative: str = _NEGATIVE,
     expand: str = _EXPAND, no_expand: bool = _NO_EXPAND, llm_model: str = _LLM_MODEL, sampler: str = _SAMPLER, model: str = _MODEL,
-    dtype: str = _DTYPE, offload: str = _OFFLOAD, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
+    dtype: str = _DTYPE, offload: str = _OFFLOAD, lora: list[str] = _LORA, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """SDEdit video -> video: the input noised to STRENGTH, then made again under the new prompt."""
     if not 0.0 <= strength <= 1.0:
@@ -266,7 +291,7 @@ def edit_cmd(
     width, height = _early_checks(size, None, fps, out, still=True)
     source = _read_media(video, fps)
     how = _expansion(expand, no_expand, llm_model)
-    pipe = _pipeline(model, dtype, offload)
+    pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.edit(source, prompt, strength, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
                      expand=how, method=sampler, width=width, height=height, fit=fit), out, prompt)  # fmt: skip
 
@@ -389,9 +414,10 @@ def data_caption(
 @data_app.command("encode")
 def data_encode(
     manifest: Path = typer.Option(..., help="Manifest from `kinema data index` (or `kinema world dataset`)."),
-    vae: str = typer.Option(..., help="VAE folder (written by save_vae) or the name of a shipped VAE."),
+    vae: str = typer.Option(None, help="VAE folder (written by save_vae) or the name of a shipped VAE."),
     out: Path = typer.Option(..., help="Folder for the latent shards and index.json; a rerun resumes it."),
     text_encoder: str = typer.Option("builtin", help="builtin (trained with the DiT: captions stored) or hf:DIR (frozen: embeddings stored too)."),
+    model: Path = typer.Option(None, help="A diffusers Wan 2.1 or Wan 2.2 TI2V-5B folder to fine-tune: its own VAE and umT5 encoder make the latents and the caption embeddings (instead of --vae and --text-encoder), so training holds only the DiT."),
     clips_per_shard: int = typer.Option(64, min=1, help="Clips a shard."),
     max_size: int = typer.Option(None, help="Shrink clips whose longer side exceeds this many pixels."),
     max_frames: int = typer.Option(None, min=1, help="Keep at most this many frames a clip (then trimmed to 1 + 4k)."),
@@ -407,17 +433,32 @@ def data_encode(
 
     if not (text_encoder in ("builtin", "none") or text_encoder.startswith(("builtin:", "hf:"))):
         raise KinemaError(f"--text-encoder must be builtin or hf:DIR; got {text_encoder!r}")
-    options = EncodeOptions(clips_per_shard=clips_per_shard, max_size=max_size, max_frames=max_frames, fps=fps,
-                            dtype=dtype, chunk=chunk, tile=tile)  # fmt: skip
+    if (model is None) == (vae is None):
+        raise KinemaError("give --vae (with --text-encoder) or --model WAN_DIR, one of the two")
+    if model is not None:
+        from kinema.models.wan import is_wan_folder
+
+        if not is_wan_folder(model):
+            raise KinemaError(f"--model {model} is not a diffusers Wan folder (model_index.json naming a Wan pipeline)")
     d = init_distributed()
     try:
-        model = load_vae(vae, device=d.device)
-        text = None
-        if text_encoder.startswith("hf:"):
-            from kinema.text import load_text_encoder
+        if model is not None:
+            from kinema.text.umt5 import WanTextEncoder
+            from kinema.vae.wan import load_wan_vae
 
-            text = load_text_encoder(text_encoder, device=d.device)
-        report = encode_manifest(manifest, out, model, text, options, rank=d.rank, world_size=d.world_size,
+            codec = load_wan_vae(model / "vae", device=d.device)
+            text = WanTextEncoder(model / "text_encoder", model / "tokenizer", device=d.device)
+            vae, text_encoder = str(model.resolve()), f"wan:{model.resolve()}"
+        else:
+            codec = load_vae(vae, device=d.device)
+            text = None
+            if text_encoder.startswith("hf:"):
+                from kinema.text import load_text_encoder
+
+                text = load_text_encoder(text_encoder, device=d.device)
+        options = EncodeOptions(clips_per_shard=clips_per_shard, max_size=max_size, max_frames=max_frames, fps=fps,
+                                dtype=dtype, chunk=chunk, tile=tile, multiple=2 * codec.config.spatial_factor)  # fmt: skip
+        report = encode_manifest(manifest, out, codec, text, options, rank=d.rank, world_size=d.world_size,
                                  vae_name=vae, text_spec=text_encoder)  # fmt: skip
     finally:
         shutdown(d)
@@ -430,7 +471,7 @@ def data_encode(
 
 @train_app.command("vae")
 def train_vae_cmd(
-    run: Path = typer.Argument(..., help="Run folder (config.json, tb/, checkpoints/, export/). An existing run resumes exactly, with its own settings; options given change them."),
+    run: Path = typer.Argument(..., help="Run folder (config.json, tb/, checkpoints/, export/). A run with a checkpoint resumes exactly, with its saved settings: options not given come from them, and an option that changes one is an error unless named by --override. --steps, --ckpt-every and --workers may change freely (a larger --steps also stretches the cosine schedule). A run folder with no checkpoint yet starts over, with the options given."),
     data: str = typer.Option(None, help="'world' (Kinema World rendered on the fly, the default) or a manifest .jsonl of real videos."),
     vae: str = typer.Option(None, help="VAE preset: tiny (default), small or base."),
     steps: int = typer.Option(None, min=1, help="Total optimizer steps (default 20000)."),
@@ -443,7 +484,8 @@ def train_vae_cmd(
     init: str = typer.Option(None, help="Start from the weights of a saved VAE (a folder such as OTHER_RUN/export, or a shipped name): fine-tuning, or a new schedule."),
     freeze_encoder: bool = typer.Option(None, "--freeze-encoder/--train-encoder", help="With --init: train the decoder only, so the latents (and a DiT trained on them) stay valid (default: train both; fixed for the life of a run)."),
     workers: int = typer.Option(None, min=0, help="Processes that render or read the next batches while the model trains (default 0: in this process). Several keep a GPU fed."),
-    precision: str = typer.Option(None, help="bf16 (the forward under bfloat16 autocast; weights, optimizer and loss in float32) or fp32; default auto: bf16 on a GPU and on a CPU that computes it natively (fixed for the life of a run)."),
+    precision: str = typer.Option(None, help="bf16 (the forward under bfloat16 autocast; weights, optimizer and loss in float32) or fp32; default auto: bf16 on a GPU and on a CPU that computes it natively (a resume keeps the run's own)."),
+    override: list[str] = typer.Option([], "--override", help="KEY, a field of VAETrainConfig (lr, batch, sizes, ...): on a resume, let this setting change; the run goes on with the new value, saved in RUN/config.json. Repeat it. freeze_encoder never changes on a resume."),
     export_only: bool = typer.Option(False, "--export-only", help="Only export the latest checkpoint's EMA weights to RUN/export (works while the run trains)."),
 ) -> None:
     """Train the causal 3D VAE (L1 + SSIM + KL). Many processes: torchrun --nproc_per_node N -m kinema.cli train vae RUN (DDP).
@@ -452,7 +494,8 @@ def train_vae_cmd(
     """
     import dataclasses
 
-    from kinema.train.vae import VAETrainConfig, export_vae, train_vae
+    from kinema.train.common import check_resume, latest_checkpoint
+    from kinema.train.vae import VAETrainConfig, check_encoder_kept, export_vae, train_vae
 
     if export_only:
         typer.echo(f"exported the EMA weights to {export_vae(run)}")
@@ -472,6 +515,11 @@ def train_vae_cmd(
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise KinemaError(f"cannot read the run's settings {saved}: {e}") from None
     cfg = dataclasses.replace(base, **given) if base is not None else VAETrainConfig(**given)
+    resuming = base is not None and latest_checkpoint(run / "checkpoints") is not None
+    if resuming:
+        check_encoder_kept(run, base.freeze_encoder, cfg.freeze_encoder)
+    check_resume(run, base.to_dict() if resuming else None, cfg.to_dict(), override,
+                 free=("steps", "ckpt_every", "keep", "workers"))  # fmt: skip
     losses = train_vae(cfg, run)
     if losses:
         typer.echo(f"trained to step {cfg.steps}, last loss {losses[-1]:.4f}; EMA weights in {run / 'export'}")
@@ -481,9 +529,10 @@ def train_vae_cmd(
 
 @train_app.command("dit")
 def train_dit_cmd(
-    run: Path = typer.Argument(..., help="Run folder (config.json, tb/, metrics.jsonl, checkpoints/, export/). An existing run resumes exactly."),
+    run: Path = typer.Argument(..., help="Run folder (config.json, tb/, metrics.jsonl, checkpoints/, export/). A run with a checkpoint resumes exactly, with its saved settings: keys not set come from them, and a --set that changes one is an error unless named by --override. steps, checkpoint_every, keep_checkpoints and world_workers may change freely. A run folder with no checkpoint yet starts over, with the settings given."),
     settings: list[str] = typer.Option([], "--set", help="KEY=VALUE, a field of DiTTrainConfig, e.g. --set vae=weights/vae --set steps=2000. Repeat it."),
-    config: Path = typer.Option(None, help="A config.json to start from (default: the run's own, else the defaults)."),
+    config: Path = typer.Option(None, help="A config.json to start from (default: the run's own, else the defaults). On a resume, its differences from the run's own count as changes."),
+    override: list[str] = typer.Option([], "--override", help="KEY, a field of DiTTrainConfig: on a resume, let this setting change (e.g. --override lr --set lr=1e-4); the run goes on with the new value, saved in RUN/config.json. Repeat it."),
     export_only: bool = typer.Option(False, "--export-only", help="Only export the latest checkpoint's EMA weights to RUN/export."),
 ) -> None:
     """Train the DiT with rectified flow on Kinema World (data=world) or a latent cache (data=FOLDER).
@@ -494,6 +543,7 @@ def train_dit_cmd(
     """
     import json
 
+    from kinema.train.common import check_resume, latest_checkpoint
     from kinema.train.dit import DiTTrainConfig, export_dit, train_dit
 
     source = config or (run / "config.json")
@@ -512,6 +562,14 @@ def train_dit_cmd(
     elif config is not None:
         raise KinemaError(f"no config file at {config}")
     cfg = DiTTrainConfig.from_strings(overrides, base)
+    own, saved = run / "config.json", None
+    if own.is_file() and latest_checkpoint(run / "checkpoints") is not None:  # a resume
+        try:
+            saved = DiTTrainConfig.from_dict(json.loads(own.read_text())).to_dict()
+        except ValueError as e:
+            raise KinemaError(f"{own} is not valid JSON: {e}") from None
+    check_resume(run, saved, cfg.to_dict(), override,
+                 free=("steps", "checkpoint_every", "keep_checkpoints", "world_workers"))  # fmt: skip
     if export_only:
         out = export_dit(run, cfg=cfg)
         typer.echo(f"exported the EMA weights to {out}")
@@ -532,10 +590,21 @@ def train_pack_cmd(
     expand: bool = typer.Option(True, "--expand/--no-expand", help="Expand short prompts with the Kinema World grammar by default."),
     half: bool = typer.Option(True, "--half/--full", help="Store weights as float16 (half the size; loaded back as float32)."),
 ) -> None:
-    """Pack a trained model into one self-contained folder to ship (what kinema/weights/world holds)."""
+    """Pack a trained model into one self-contained folder to ship (what kinema/weights/world holds).
+    A LoRA run (or its lora.safetensors) is merged into its base: a whole diffusers folder for a
+    Wan base, a Kinema model folder otherwise."""
     import torch
 
     from kinema.pipeline import pack_model
+
+    lora = next((p for p in (source, source / "lora.safetensors", source / "export" / "lora.safetensors")
+                 if p.is_file() and p.suffix == ".safetensors"), None)  # fmt: skip
+    if lora is not None:
+        from kinema.train.dit import pack_lora
+
+        dst = pack_lora(lora, out, dtype=torch.float16 if half else torch.float32)
+        typer.echo(f"merged {lora} into its base: {dst}")
+        return
 
     defaults = {}
     for item in default:

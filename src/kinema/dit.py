@@ -393,6 +393,15 @@ def _qk_norm(dim: int, heads: int, across: bool) -> nn.RMSNorm:
     return nn.RMSNorm(dim if across else dim // heads, eps=1e-6)
 
 
+def split_linear(linear: nn.Module, x: Tensor, parts: int) -> tuple[Tensor, ...]:
+    """A fused projection's outputs (q, k, v or k, v). A plain Linear runs one product per part, so
+    each comes out contiguous (slicing one product's output would leave strided q, k, v, which the
+    norms and attention read more slowly); a wrapped one (a LoRA adapter) runs as its wrapper says."""
+    if type(linear) is nn.Linear:
+        return tuple(F.linear(x, w, b) for w, b in zip(linear.weight.chunk(parts), linear.bias.chunk(parts)))
+    return tuple(part.contiguous() for part in linear(x).chunk(parts, dim=-1))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, across: bool = False):
         super().__init__()
@@ -404,9 +413,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None) -> Tensor:
-        # one weight, three products: each output is contiguous (slicing one product's output
-        # would leave strided q, k, v, which the norms and attention read more slowly)
-        q, k, v = (F.linear(x, w, b) for w, b in zip(self.qkv.weight.chunk(3), self.qkv.bias.chunk(3)))  # (B, L, D)
+        q, k, v = split_linear(self.qkv, x, 3)  # (B, L, D) each
         if self.across:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q, k, v))  # (B, H, L, d)
@@ -429,7 +436,7 @@ class CrossAttention(nn.Module):
 
     def keys(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Caption tokens (B or 1, K, D) -> normed keys and values (B or 1, H, K, d)."""
-        k, v = (F.linear(context, w, b) for w, b in zip(self.kv.weight.chunk(2), self.kv.bias.chunk(2)))  # (B, K, D)
+        k, v = split_linear(self.kv, context, 2)  # (B, K, D) each
         if self.across:
             k = self.k_norm(k)
         k, v = (rearrange(a, "b k (h d) -> b h k d", h=self.heads) for a in (k, v))  # (B, H, K, d)
@@ -709,12 +716,17 @@ class DiT(nn.Module):
 # ---------------------------------------------------------------- memory: streaming blocks
 
 
-def offload_blocks(dit: DiT, device: torch.device | str) -> DiT:
+def offload_blocks(dit: DiT, device: torch.device | str, frozen_only: bool = False) -> DiT:
     """Keep the DiT's blocks in CPU memory and bring each to `device` only for its own forward
     (hooks on every block): the accelerator then holds the embeddings, the final layer and one
     block at a time, for the time of copying each block's weights once a forward. Everything
     but the blocks goes to `device`. On a CUDA device the CPU copies are pinned, so the copies
-    are asynchronous. Returns the DiT (changed in place)."""
+    are asynchronous. Returns the DiT (changed in place).
+
+    frozen_only (training LoRA adapters on a frozen base): only the frozen weights of a block
+    travel; the trained ones (the adapters) stay on `device`, where their gradients and optimizer
+    state are. With activation checkpointing the backward pass recomputes each block, and the
+    hooks bring its weights again; without it autograd would keep every block's device copy."""
     device = torch.device(device)
     for name, child in dit.named_children():
         if name != "blocks":
@@ -723,18 +735,19 @@ def offload_blocks(dit: DiT, device: torch.device | str) -> DiT:
         p.data = p.data.to(device)
     pin = device.type == "cuda"
     for block in dit.blocks:
-        block.to("cpu")
-        if pin:
-            for p in block.parameters():
+        travel = {n: p for n, p in block.named_parameters() if not (frozen_only and p.requires_grad)}
+        for n, p in block.named_parameters():
+            p.data = p.data.to("cpu" if n in travel else device)
+            if pin and n in travel:
                 p.data = p.data.pin_memory()
-        cpu = {n: p.data for n, p in block.named_parameters()}
+        cpu = {n: p.data for n, p in travel.items()}
 
-        def bring(module, args, device=device):
-            for p in module.parameters():
+        def bring(module, args, device=device, travel=travel):
+            for p in travel.values():
                 p.data = p.data.to(device, non_blocking=True)
 
-        def send_back(module, args, output, cpu=cpu):
-            for n, p in module.named_parameters():
+        def send_back(module, args, output, cpu=cpu, travel=travel):
+            for n, p in travel.items():
                 p.data = cpu[n]  # the CPU copy never changed: drop the device copy
 
         block.register_forward_pre_hook(bring)

@@ -160,6 +160,10 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         for d in (p, p / "export"):
             if (d / PIPELINE_FILE).is_file():
                 return d
+        lora = next((d / "lora.safetensors" for d in (p, p / "export") if (d / "lora.safetensors").is_file()), None)
+        if lora is not None:
+            raise KinemaError(f"{p} holds LoRA adapters ({lora}), not a whole model: give --model BASE --lora {lora}, "
+                              f"or merge them into a model folder with `kinema train pack {p} OUT`")  # fmt: skip
         raise KinemaError(
             f"{p} holds no {PIPELINE_FILE} (nor export/{PIPELINE_FILE}): give a folder written by "
             "`kinema train dit` (its export/) or by kinema.train.dit.export_weights"
@@ -445,6 +449,16 @@ class Pipeline:
         expand = expand in (True, "world")
         return cls(dit, text, vae, expand=expand, defaults=spec.get("defaults"), name=str(name_or_path), device=dev,
                    offload=offload, folder=directory, kind="world" if expand else "kinema")  # fmt: skip
+
+    def apply_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
+        """Merge a LoRA file's adapters into the DiT's weights (scale x their delta): Kinema's
+        export/lora.safetensors, or a LoRA in diffusers' Wan layout for a Wan model. Several add
+        up. Returns how many weights changed (`kinema.lora.merge_lora`)."""
+        from kinema.lora import merge_lora
+
+        if not math.isfinite(float(scale)):
+            raise KinemaError(f"a LoRA scale must be a finite number; got {scale}")
+        return merge_lora(self.dit, path, float(scale), wan=self.kind == "wan")
 
     @property
     def frame_rates(self) -> tuple[float, float]:

@@ -16,7 +16,8 @@ complete and a rerun skips it. Clips that cannot be read are listed in the shard
 and skipped.
 
 Captions are always stored (the builtin text encoder trains jointly with the DiT, so it reads
-captions); caption embeddings are stored too when a frozen external encoder (hf:DIR) is given.
+captions); caption embeddings are stored too when a frozen external encoder (hf:DIR, or a Wan
+folder's umT5) is given.
 
 Before encoding, a clip is made fit for the VAE and the patches (`prepare_clip`): frames
 trimmed to 1 + 4k, optionally shrunk so its longer side is at most `max_size`, and centre-cropped
@@ -133,6 +134,19 @@ def decode_latent(vae, latent: Tensor) -> Tensor:
     return torch.cat([from_model(x[0].float().cpu()) for x in vae.decode_stream(z, chunk=1)])
 
 
+@torch.inference_mode()
+def caption_tokens(text_encoder, caption: str) -> Tensor:
+    """A caption's embedding as the cache stores it: its real tokens (L, D), float32 on the CPU.
+    An encoder with `pad_to` (Wan's) marks its zero padding as attended; it is cut here and
+    restored in training (settings "text_pad_to")."""
+    tokens, mask = text_encoder([caption])
+    rows = tokens[0][mask[0]].float().cpu()
+    if getattr(text_encoder, "pad_to", None):
+        real = (rows != 0).any(dim=-1).nonzero()
+        rows = rows[: int(real[-1]) + 1 if len(real) else 1]
+    return rows
+
+
 # ---------------------------------------------------------------- shards on disk
 
 
@@ -244,7 +258,8 @@ def encode_manifest(
     settings = dict(
         manifest=str(Path(manifest).resolve()), count=len(rows), vae=str(vae_name), vae_config=vae.config.to_dict(),
         text_encoder=text_spec, embeddings=text_encoder is not None,
-        text_dim=int(text_encoder.dim) if text_encoder is not None else None, **asdict(opt),
+        text_dim=int(text_encoder.dim) if text_encoder is not None else None,
+        text_pad_to=getattr(text_encoder, "pad_to", None), **asdict(opt),
     )  # fmt: skip
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
     if rank == 0:
@@ -252,8 +267,7 @@ def encode_manifest(
         if not (out / SETTINGS).is_file():
             write_json(out / SETTINGS, settings)
         if text_encoder is not None and not (out / NULL_TEXT).is_file():
-            tokens, mask = text_encoder([""])
-            null = tokens[0][mask[0]].float().cpu().to(DTYPES[opt.dtype]).contiguous()
+            null = caption_tokens(text_encoder, "").to(DTYPES[opt.dtype]).contiguous()
             tmp = out / f".{NULL_TEXT}.tmp"
             save_file({"text": null}, str(tmp))
             os.replace(tmp, out / NULL_TEXT)
@@ -282,9 +296,7 @@ def encode_manifest(
                             frames=int(frames.shape[0]), width=int(frames.shape[2]), height=int(frames.shape[1]),
                             latent=latent.to(dtype))  # fmt: skip
                 if text_encoder is not None:
-                    with torch.inference_mode():
-                        tokens, mask = text_encoder([item["caption"]])
-                    item["text"] = tokens[0][mask[0]].float().cpu().to(dtype)  # (L, D) real tokens only
+                    item["text"] = caption_tokens(text_encoder, item["caption"]).to(dtype)
                 items.append(item)
             except (KinemaError, OSError, torch.OutOfMemoryError) as e:
                 errors.append({"index": i, "path": row["path"], "error": f"{e}"})

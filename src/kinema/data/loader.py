@@ -253,6 +253,11 @@ class ShardDataset(PackedSequences):
         """Width of the stored caption embeddings, or None when only captions are stored."""
         return self.settings.get("text_dim") if self.settings.get("embeddings") else None
 
+    @property
+    def text_pad_to(self) -> int | None:
+        """The length stored embeddings are padded back to with attended zeros (Wan's umT5), or None."""
+        return self.settings.get("text_pad_to")
+
     def null_text(self) -> Tensor:
         """The empty caption's embedding (L, D), for caption dropout with stored embeddings."""
         from safetensors.torch import load_file

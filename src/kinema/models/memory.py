@@ -2,6 +2,7 @@
 
     rows = wan_memory_table()        # the README's table: 1.3B and 14B at 480p and 720p, 81 frames;
                                      # the 5B at 720p (1280x704), 121 frames
+    rows = wan_finetune_table()      # fine-tuning: LoRA and full, 480p x 81 frames (FINETUNE_DOC)
 
 The estimate (GiB = 2^30 bytes), for a video of T = 1 + (frames - 1) / 4 latent frames and
 N = T * (height / g) * (width / g) tokens (g, the grid: 16 pixels for Wan 2.1, 32 for Wan 2.2's
@@ -100,4 +101,69 @@ def wan_memory_table(frames: int = 81, gpus: tuple[int, ...] = (24, 48, 80)) -> 
         fits = [f"{g} GB" for g in gpus if m["peak"] * GIB <= g * 1e9 * 0.95]  # 5% for the framework
         rows.append(dict(model=name, size=f"{label} ({w}x{h}x{n})", offload=offload, tokens=m["tokens"],
                          peak_gib=round(m["peak"], 1), fits=", ".join(fits) or "none of these"))  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+FINETUNE_DOC = """What fine-tuning a Wan DiT holds in accelerator memory (GiB), from a latent cache (the VAE
+and text encoder are not loaded: `kinema data encode --model` ran them once), bf16 autocast, AdamW,
+for one packed sequence of N tokens:
+
+    base weights     LoRA: the frozen base in bfloat16, P * 2 (block offload: the parameters outside
+                     the blocks + 2 blocks); full: float32 master weights, P * 4
+    trained state    LoRA: the adapters, r (15 D + 2 F) a block on the default targets (qkv, proj,
+                     cross q, kv, proj, MLP up, down), each with weight, gradient, 2 AdamW moments
+                     and its EMA in float32, 20 bytes; full: P * 16 (gradient, 2 moments, EMA)
+    activations      with checkpointing: each block's input kept, depth * N * D * 2, plus one block
+                     recomputed with its backward, 2 * N * (8 D + 2 F) * 2; without: depth * N *
+                     (8 D + 2 F) * 2. Flash attention keeps no N x N scores
+    caption          512 umT5 tokens, negligible
+
+Framework overhead (CUDA context, allocator slack, about 1 - 2 GiB) is not in it."""
+
+
+def lora_params(cfg, rank: int) -> int:
+    """Adapter parameters on the default targets of every block: r (in + out) a Linear."""
+    D, F = cfg.hidden, cfg.mlp_hidden
+    per_block = (D + 3 * D) + (D + D) + (D + D) + (D + 2 * D) + (D + D) + (D + F) + (F + D)  # = 15 D + 2 F
+    return cfg.depth * rank * per_block
+
+
+def wan_finetune_memory(name: str, width: int, height: int, frames: int = 81, lora_rank: int = 16,
+                        checkpointing: bool = True, offload: str = "none") -> dict[str, float]:  # fmt: skip
+    """The estimate of FINETUNE_DOC, in GiB: each term and the peak. lora_rank 0: full fine-tuning."""
+    if offload not in ("none", "blocks"):
+        raise KinemaError(f"offload must be none or blocks; got {offload!r}")
+    if offload == "blocks" and not (lora_rank and checkpointing):
+        raise KinemaError("block offload streams a frozen base: it needs lora_rank > 0 and checkpointing")
+    total, block, cfg = _dit_params(name)
+    grid = 32 if name.startswith("wan2.2") else 16
+    T = 1 + (frames - 1) // 4
+    N = T * math.ceil(height / grid) * math.ceil(width / grid)
+    D, F = cfg.hidden, cfg.mlp_hidden
+    if lora_rank:
+        resident = total - cfg.depth * block + 2 * block if offload == "blocks" else total
+        base, trained = resident * 2, lora_params(cfg, lora_rank) * 20
+    else:
+        base, trained = total * 4, total * 16
+    per_token = 8 * D + 2 * F
+    act = (cfg.depth * N * D + 2 * N * per_token) * 2 if checkpointing else cfg.depth * N * per_token * 2
+    out = dict(base_weights=base / GIB, trained_state=trained / GIB, activations=act / GIB, tokens=N)
+    out["peak"] = (base + trained + act) / GIB
+    return out
+
+
+def wan_finetune_table(gpus: tuple[int, ...] = (24, 48, 80)) -> list[dict]:
+    """The README's fine-tuning rows: LoRA (rank 16) and full fine-tuning of Wan 2.1 1.3B and 14B at
+    480p x 81 frames, with checkpointing, and LoRA on the 14B with block offload."""
+    rows = []
+    runs = [("wan2.1-1.3b", 16, "none"), ("wan2.1-1.3b", 0, "none"), ("wan2.1-14b", 16, "none"),
+            ("wan2.1-14b", 16, "blocks"), ("wan2.1-14b", 0, "none")]  # fmt: skip
+    for name, rank, offload in runs:
+        m = wan_finetune_memory(name, 832, 480, 81, rank, True, offload)
+        fits = [f"{g} GB" for g in gpus if m["peak"] * GIB <= g * 1e9 * 0.9]  # 10% for the framework
+        rows.append(dict(model=name, training=f"LoRA r{rank}" if rank else "full", offload=offload,
+                         tokens=m["tokens"], peak_gib=round(m["peak"], 1),
+                         fits=", ".join(fits) or "none of these"))  # fmt: skip
     return rows

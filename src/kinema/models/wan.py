@@ -26,6 +26,7 @@ its known latent frames clean. The two-expert Wan 2.2 A14B models and the CLIP-c
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,18 @@ from kinema.errors import KinemaError
 from kinema.models.hf import LazyState, read_config, release_freed_memory
 
 MODEL_INDEX = "model_index.json"
+
+
+def wan_transformer_dir(path: str | os.PathLike) -> Path | None:
+    """The WanTransformer3DModel folder of a Wan folder (its transformer/) or of such a folder
+    itself; None for anything else."""
+    p = Path(path)
+    if is_wan_folder(p):
+        return p / "transformer"
+    cfg = p / "config.json"
+    if cfg.is_file() and read_config(p).get("_class_name") == "WanTransformer3DModel":
+        return p
+    return None
 
 
 def is_wan_folder(path: str | os.PathLike) -> bool:
@@ -120,7 +133,12 @@ def wan_dit_state(src: dict[str, Tensor] | LazyState, config: DiTConfig) -> dict
     """A WanTransformer3DModel state dict -> Kinema DiT state dict (every tensor accounted for).
     `src` (a dict, or a LazyState that reads each tensor when taken) is emptied as its tensors
     move, so a converted tensor never coexists with its source."""
-    out: dict[str, Tensor] = {}
+    return dict(wan_dit_tensors(src, config))
+
+
+def wan_dit_tensors(src: dict[str, Tensor] | LazyState, config: DiTConfig) -> Iterator[tuple[str, Tensor]]:
+    """`wan_dit_state` one (Kinema name, tensor) at a time: with a LazyState, a consumer that
+    shards each tensor as it comes (FSDP2 loading) never holds the whole model."""
 
     def take(name: str) -> Tensor:
         try:
@@ -135,28 +153,25 @@ def wan_dit_state(src: dict[str, Tensor] | LazyState, config: DiTConfig) -> dict
             theirs, ours = theirs.replace("{i}", str(i)), ours.replace("{i}", str(i))
             for leaf in ("weight", "bias"):
                 if f"{theirs}.{leaf}" in src or leaf == "weight":  # RMSNorms have no bias
-                    out[f"{ours}.{leaf}"] = take(f"{theirs}.{leaf}")
+                    yield f"{ours}.{leaf}", take(f"{theirs}.{leaf}")
         b = f"blocks.{i}"
         for leaf in ("weight", "bias"):
-            out[f"{b}.attn.qkv.{leaf}"] = torch.cat([take(f"{b}.attn1.to_{p}.{leaf}") for p in "qkv"])
-            out[f"{b}.cross.kv.{leaf}"] = torch.cat([take(f"{b}.attn2.to_{p}.{leaf}") for p in "kv"])
-        out[f"{b}.mod_table"] = take(f"{b}.scale_shift_table").reshape(6, -1)  # (1, 6, D) -> (6, D)
+            yield f"{b}.attn.qkv.{leaf}", torch.cat([take(f"{b}.attn1.to_{p}.{leaf}") for p in "qkv"])
+            yield f"{b}.cross.kv.{leaf}", torch.cat([take(f"{b}.attn2.to_{p}.{leaf}") for p in "kv"])
+        yield f"{b}.mod_table", take(f"{b}.scale_shift_table").reshape(6, -1)  # (1, 6, D) -> (6, D)
     for theirs, ours in WAN_DIT_NAMES.items():
         if "{i}" not in theirs:
             for leaf in ("weight", "bias"):
-                out[f"{ours}.{leaf}"] = take(f"{theirs}.{leaf}")
+                yield f"{ours}.{leaf}", take(f"{theirs}.{leaf}")
     pt, ph, pw = config.patch
-    out["x_embed.weight"] = rearrange(take("patch_embedding.weight"), "d c pt ph pw -> d (c pt ph pw)")
-    out["x_embed.bias"] = take("patch_embedding.bias")
+    yield "x_embed.weight", rearrange(take("patch_embedding.weight"), "d c pt ph pw -> d (c pt ph pw)")
+    yield "x_embed.bias", take("patch_embedding.bias")
     # their output token is laid out (pt ph pw c), ours (c pt ph pw)
-    out["final.out.weight"] = rearrange(
-        take("proj_out.weight"), "(pt ph pw c) d -> (c pt ph pw) d", pt=pt, ph=ph, pw=pw
-    )
-    out["final.out.bias"] = rearrange(take("proj_out.bias"), "(pt ph pw c) -> (c pt ph pw)", pt=pt, ph=ph, pw=pw)
-    out["final.mod_table"] = take("scale_shift_table").reshape(2, -1)  # (1, 2, D) -> (2, D)
+    yield "final.out.weight", rearrange(take("proj_out.weight"), "(pt ph pw c) d -> (c pt ph pw) d", pt=pt, ph=ph, pw=pw)
+    yield "final.out.bias", rearrange(take("proj_out.bias"), "(pt ph pw c) -> (c pt ph pw)", pt=pt, ph=ph, pw=pw)
+    yield "final.mod_table", take("scale_shift_table").reshape(2, -1)  # (1, 2, D) -> (2, D)
     if src:
         raise KinemaError(f"the Wan transformer weights hold tensors Kinema does not map: {sorted(src)[:8]}")
-    return out
 
 
 def load_wan_dit(folder: str | os.PathLike, device: str | torch.device = "cpu",

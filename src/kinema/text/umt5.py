@@ -345,6 +345,9 @@ class WanTextEncoder:
         self.encoder = load_umt5(text_encoder_dir, device=device, dtype=dtype)
         self.dim = self.encoder.config.d_model
         self.max_length = max_length
+        # a latent cache stores each caption's real tokens only; training pads them back with
+        # zeros to this length, all attended, as Wan reads its captions (`kinema.data.cache`)
+        self.pad_to = max_length
 
     def to(self, device: str | torch.device) -> WanTextEncoder:
         """Move the encoder's weights (e.g. off the GPU once the captions are encoded)."""

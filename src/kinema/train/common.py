@@ -209,37 +209,76 @@ def load_checkpoint(
     meta = json.loads(meta_file.read_text())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path), no_dist=not d.distributed)
+        try:
+            dcp.load(state, checkpoint_id=str(path), no_dist=not d.distributed)
+        except dcp.api.CheckpointException as e:  # a BaseException; each rank's error inside
+            why = "; ".join(str(exc).splitlines()[0] for exc, _ in e.failures.values())
+            raise KinemaError(f"cannot load the checkpoint {path} into the model these settings build ({why}); "
+                              "a resume cannot change the model's shapes: use a new run folder") from None
     rng_file = path / f"rng-rank{d.rank}.safetensors"
     if meta.get("world_size") == d.world_size and rng_file.exists():
         set_rng_state(load_file(str(rng_file)), generators or {})
     return meta
 
 
-def train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: "EMA") -> dict:
+def train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: "EMA",
+                trainable_only: bool = False) -> dict:  # fmt: skip
     """Model, optimizer and EMA state to save or to load into in place. Works on FSDP2 shards;
-    an optimizer that has not stepped yet gets its moments created, so loading fills them."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    an optimizer that has not stepped yet gets its moments created, so loading fills them.
+    trainable_only: leave out frozen parameters (a LoRA run's base, read from its files instead)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
+    options = StateDictOptions(ignore_frozen_params=trainable_only)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
     return {"model": model_state, "optim": optim_state, "ema": ema.state_dict()}
 
 
-def apply_train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+def apply_train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                      trainable_only: bool = False) -> None:  # fmt: skip
     """Put a loaded `train_state` back into the model and optimizer (EMA loads in place)."""
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    options = StateDictOptions(strict=not trainable_only)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options)
+
+
+# ---------------------------------------------------------------- resuming
+
+def check_resume(run: Path, saved: dict | None, wanted: dict, override=(), free=()) -> None:
+    """Refuse to resume a run with settings other than those it was trained with.
+
+    `saved` is the config of a run that has a checkpoint (None: a new run, or one that stopped
+    before its first checkpoint, which starts over with any settings); `wanted` is the config the
+    command asks for. Both are dicts of the same config class (its `to_dict()`), so 3e-4 and
+    0.0003, tuples and lists, compare equal. Keys in `free` (how long and how often the run
+    goes) and those named by `--override KEY` may differ; any other difference is an error that
+    names each key with both values. An override that names no key of the config is an error.
+    """
+    override = [k.replace("-", "_") for k in override]
+    unknown = [k for k in override if k not in wanted]
+    if unknown:
+        raise KinemaError(f"--override {unknown[0]}: not a setting of this run; known: {', '.join(wanted)}")
+    if saved is None:
+        return
+    saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))
+    changed = [k for k in wanted if wanted[k] != saved.get(k) and k not in free and k not in override]
+    if changed:
+        diffs = ", ".join(f"{k} from {json.dumps(saved.get(k))} to {json.dumps(wanted[k])}" for k in changed)
+        flags = " ".join(f"--override {k}" for k in changed)
+        raise KinemaError(f"{run} has a checkpoint, so it resumes with the settings it was trained with, but this "
+                          f"command changes {diffs}. Pass --override KEY to change it on resume (here: {flags}), "
+                          "or use a new run folder")  # fmt: skip
 
 
 # ---------------------------------------------------------------- EMA
 
 class EMA:
-    """Exponential moving average of a model's parameters (works on FSDP2 shards too)."""
+    """Exponential moving average of a model's trained parameters (works on FSDP2 shards too);
+    frozen ones (a frozen encoder, a LoRA run's base) are not copied and stay as they are."""
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.999):
         self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     def decay_at(self, step: int | None) -> float:
         """The decay after `step` optimizer steps: min(decay, (1 + step) / (10 + step)), so the
@@ -264,7 +303,8 @@ class EMA:
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
         for n, p in model.named_parameters():
-            p.copy_(self.shadow[n])
+            if n in self.shadow:
+                p.copy_(self.shadow[n])
 
 
 # ---------------------------------------------------------------- logging

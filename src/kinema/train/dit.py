@@ -111,7 +111,23 @@ class DiTTrainConfig:
             words) a new run starts from, fine-tuning; init_reset: parts of it drawn afresh
             instead, each a dotted name of a module (e.g. "text_embed,text_pool,cross,cross_gate":
             the caption path), with the ordinary initialisation (cross-attention outputs at
-            zero); modules the export lacks (a newer architecture) must be among them
+            zero); modules the export lacks (a newer architecture) must be among them.
+            init may also be a diffusers Wan 2.1 / Wan 2.2 TI2V-5B folder (or its transformer/):
+            the DiT is then that model (model, hidden, depth and heads do not apply), built on
+            the meta device and loaded one tensor at a time, into FSDP2 shards under torchrun;
+            its captions are the umT5 embeddings of a latent cache from `kinema data encode
+            --model WAN_DIR` (text_encoder "stored"); a Wan 2.1 run trains text-to-video only
+            by default (condition_probs {"none": 1}: Wan 2.1 samples with the "replace" strategy)
+    LoRA:   lora_rank R > 0 trains low-rank adapters (PEFT) on the DiT's `lora_targets` (module
+            name suffixes: attn.qkv, attn.proj, cross.q, cross.kv, cross.proj, mlp.up, mlp.down)
+            with scale lora_alpha / R (alpha default R) and lora_dropout, the base weights frozen
+            (in bf16 on a GPU with precision bf16); needs init. Checkpoints hold the adapters,
+            their optimizer state and EMA only; the base is read from init again on resume. The
+            export is export/lora.safetensors (diffusers' layout for a Wan base; `kinema.lora`).
+            lora_rank 0 (the default): every weight trains (full fine-tuning).
+            offload=blocks (with LoRA and checkpointing, one process): the frozen base's blocks
+            stay in CPU memory and visit the device one at a time (`dit.offload_blocks`), so a
+            base larger than the GPU trains adapters (see `models.memory.wan_finetune_table`)
     """
 
     model: str = "tiny"
@@ -168,6 +184,11 @@ class DiTTrainConfig:
     keep_checkpoints: int = 2
     init: str = ""
     init_reset: tuple[str, ...] = ()
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] = ("attn.qkv", "attn.proj", "cross.q", "cross.kv", "cross.proj", "mlp.up", "mlp.down")
+    lora_dropout: float = 0.0
+    offload: str = "none"
 
     def __post_init__(self):
         problems = []
@@ -175,8 +196,32 @@ class DiTTrainConfig:
             problems.append(f"model {self.model!r} is not a preset ({', '.join(PRESETS)})")
         if self.attention not in ("sdpa", "flex"):
             problems.append(f"attention must be sdpa or flex, not {self.attention!r}")
-        if not (self.text_encoder == "builtin" or self.text_encoder.startswith("hf:")):
-            problems.append(f"text_encoder must be builtin or hf:DIR, not {self.text_encoder!r}")
+        wan = self.wan_base
+        if wan is not None:
+            if self.text_encoder == "builtin":  # Wan reads umT5 embeddings, stored in the latent cache
+                object.__setattr__(self, "text_encoder", "stored")
+            if self.condition_probs == DEFAULT_CONDITION_PROBS and not _wan_native(wan):
+                object.__setattr__(self, "condition_probs", {"none": 1.0})
+            if self.data == "world":
+                problems.append("a Wan base trains on a latent cache made with `kinema data encode --model WAN_DIR` "
+                                "(data=FOLDER), not on data=world")  # fmt: skip
+            if self.init_reset:
+                problems.append("init_reset applies to a Kinema export, not to a Wan base")
+        if not (self.text_encoder in ("builtin", "stored") or self.text_encoder.startswith("hf:")):
+            problems.append(f"text_encoder must be builtin, stored or hf:DIR, not {self.text_encoder!r}")
+        if self.lora_rank < 0 or self.lora_dropout < 0 or self.lora_dropout >= 1:
+            problems.append(f"need lora_rank >= 0 and 0 <= lora_dropout < 1; got {self.lora_rank}, {self.lora_dropout}")
+        if self.lora_rank and not self.init:
+            problems.append("lora_rank trains adapters on a trained model: set init=EXPORT_OR_WAN_DIR")
+        if self.lora_rank and not self.lora_targets:
+            problems.append("lora_targets is empty: name the modules to adapt (e.g. attn.qkv,attn.proj)")
+        if self.offload not in ("none", "blocks"):
+            problems.append(f"offload must be none or blocks; got {self.offload!r}")
+        elif self.offload == "blocks" and not (self.lora_rank and self.checkpointing):
+            problems.append("offload=blocks streams a frozen base's blocks: it needs lora_rank > 0 and "
+                            "checkpointing=true (the backward pass recomputes each block with its weights)")  # fmt: skip
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            problems.append(f"lora_alpha must be positive; got {self.lora_alpha}")
         if self.text_frozen and self.text_encoder != "builtin":
             problems.append("text_frozen freezes the builtin text encoder; an hf:DIR encoder is always frozen")
         if self.precision not in PRECISIONS:
@@ -211,6 +256,19 @@ class DiTTrainConfig:
             problems.append("need lr > 0, warmup >= 0, grad_clip >= 0 (0: off) and 0 <= ema_decay < 1")
         if problems:
             raise KinemaError("bad DiT training config: " + "; ".join(problems))
+
+    @property
+    def wan_base(self) -> Path | None:
+        """The WanTransformer3DModel folder `init` names, or None (no init, or a Kinema export)."""
+        if not self.init:
+            return None
+        from kinema.models.wan import wan_transformer_dir
+
+        return wan_transformer_dir(self.init)
+
+    @property
+    def lora_scale(self) -> float:
+        return (self.lora_alpha or self.lora_rank) / max(self.lora_rank, 1)
 
     def dit_config(self, text_dim: int) -> DiTConfig:
         over = {k: getattr(self, k) for k in ("hidden", "depth", "heads") if getattr(self, k) is not None}
@@ -247,6 +305,14 @@ class DiTTrainConfig:
                 raise KinemaError(f"unknown setting {key!r}; known: {', '.join(f.name for f in fields(cls))}")
             values[key] = _parse(key, text, hints[key])
         return cls.from_dict(values)
+
+
+def _wan_native(transformer: Path) -> bool:
+    """Whether a Wan base was trained with clean conditioning tokens (Wan 2.2 TI2V's expand_timesteps)."""
+    from kinema.models.hf import read_config
+
+    index = transformer.parent / "model_index.json"
+    return index.is_file() and bool(read_config(transformer.parent, "model_index.json").get("expand_timesteps"))
 
 
 def _parse(key: str, text: str, kind) -> object:
@@ -373,13 +439,15 @@ class MicroBatch:
     tokens: int  # real tokens
 
 
-def make_micro_batch(batch, cfg: DiTTrainConfig, dit_config: DiTConfig, null_text: Tensor | None) -> MicroBatch:
+def make_micro_batch(batch, cfg: DiTTrainConfig, dit_config: DiTConfig, null_text: Tensor | None,
+                     text_pad_to: int | None = None) -> MicroBatch:  # fmt: skip
     """Noise, timesteps, condition masks and caption dropout of one packed sequence.
 
     Drawn from a generator seeded by (seed, the sequence's global index), in a fixed order, so
     the result does not depend on the rank or on when it runs. The cache's stored caption
     embeddings are used when `null_text` (the empty caption's embedding) is given; otherwise the
-    captions are left for the text encoder.
+    captions are left for the text encoder. text_pad_to: pad them with zeros to this length, all
+    attended (Wan's captions), instead of to the longest with the padding masked.
     """
     from kinema.data import seeded
 
@@ -399,13 +467,13 @@ def make_micro_batch(batch, cfg: DiTTrainConfig, dit_config: DiTConfig, null_tex
     if batch.text is not None and null_text is not None:  # stored embeddings (frozen encoder); a
         # dropped caption reads the empty caption's
         rows = [null_text if c == "" else e for c, e in zip(captions, batch.text, strict=True)]
-        Lt = max(r.shape[0] for r in rows)
+        Lt = max([r.shape[0] for r in rows] + [text_pad_to or 0])
         text = torch.zeros(len(rows), Lt, rows[0].shape[1])
-        text_mask = torch.zeros(len(rows), Lt, dtype=torch.bool)
+        text_mask = torch.full((len(rows), Lt), bool(text_pad_to), dtype=torch.bool)
         for i, r in enumerate(rows):
             text[i, : r.shape[0]] = r
             text_mask[i, : r.shape[0]] = True
-        text_lens = [r.shape[0] for r in rows]
+        text_lens = [Lt if text_pad_to else r.shape[0] for r in rows]
     else:
         text_lens = [1 + len(c.split()) for c in captions]  # about one token a word
     flops = sum(n * dit_config.flops_per_token(n, lt) for n, lt in zip(sizes, text_lens, strict=True))
@@ -565,7 +633,7 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
 
     patch = PRESETS[cfg.model]().patch
     data = _make_data(cfg, d, patch, root)
-    frozen_text, null_text = None, None
+    frozen_text, null_text, tok = None, None, None
     if cfg.text_encoder == "builtin":
         tok = _vocabulary(cfg, data, root, d)
         text_dim = cfg.text_dim
@@ -573,39 +641,168 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
         stored = getattr(data, "text_dim", None)
         if stored is not None:
             text_dim, null_text = stored, data.null_text()
+        elif cfg.text_encoder == "stored":
+            raise KinemaError(f"text_encoder stored reads caption embeddings from the latent cache, and {cfg.data} has "
+                              "none; encode it with `kinema data encode --model WAN_DIR` (or --text-encoder hf:DIR)")
         else:
             from kinema.text import load_text_encoder
 
             frozen_text = load_text_encoder(cfg.text_encoder, device=d.device)
             text_dim = frozen_text.dim
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    dit = DiT(cfg.dit_config(text_dim), attention=cfg.attention, checkpointing=cfg.checkpointing)
-    text = None
-    if cfg.text_encoder == "builtin":
-        text = BuiltinTextEncoder(tok, TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads))
-    model = FlowModel(dit, text).to(d.device)
-    if cfg.text_frozen:
-        model.text.requires_grad_(False)  # out of the optimizer; the EMA keeps its weights as they are
-    if d.distributed:
-        shard(model, d, cfg.precision)
+    if cfg.wan_base is not None or cfg.lora_rank:
+        model = _model_from_base(cfg, d, text_dim, tok)
+    else:
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        dit = DiT(cfg.dit_config(text_dim), attention=cfg.attention, checkpointing=cfg.checkpointing)
+        text = None
+        if cfg.text_encoder == "builtin":
+            text = BuiltinTextEncoder(tok, TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads))
+        model = FlowModel(dit, text).to(d.device)
+        if cfg.text_frozen:
+            model.text.requires_grad_(False)  # out of the optimizer and of the EMA
+        if d.distributed:
+            shard(model, d, cfg.precision)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     run = Run(cfg, d, root, model, optimizer, EMA(model, cfg.ema_decay), data, frozen_text, null_text,
               peak_flops=peak_flops(d.device))  # fmt: skip
 
     ckpt = latest_checkpoint(root / "checkpoints")
-    if ckpt is None and cfg.init:
+    if ckpt is None and cfg.init and not (cfg.wan_base is not None or cfg.lora_rank):
         _init_from(run, cfg.init, cfg.init_reset)
     if ckpt is not None:
-        state = train_state(model, optimizer, run.ema)
+        state = train_state(model, optimizer, run.ema, trainable_only=bool(cfg.lora_rank))
         meta = load_checkpoint(ckpt, state, d)
-        apply_train_state(model, optimizer, state)
+        apply_train_state(model, optimizer, state, trainable_only=bool(cfg.lora_rank))
         data.load_state_dict({"position": meta["position"]})
         run.step = int(meta["step"])
         run.extent = tuple(meta.get("extent", (0, 0, 0)))  # checkpoints before them: what comes next
         run.min_side = int(meta.get("min_side", 0))
     return run
+
+
+def _model_from_base(cfg: DiTTrainConfig, d: Dist, text_dim: int, tok: WordTokenizer | None) -> FlowModel:
+    """The model of a run that starts from `init` as its base (a Wan folder, or an export under
+    LoRA): built on the meta device, adapters injected, sharded under torchrun, then filled one
+    tensor at a time from the base's files (each rank keeps only its shards), the adapters drawn
+    from the run's seed the same way on any number of ranks."""
+    wan = cfg.wan_base
+    if wan is not None:
+        from kinema.models.hf import read_config
+        from kinema.models.wan import wan_dit_config
+
+        config = wan_dit_config(read_config(wan))
+        if config.text_dim != text_dim:
+            raise KinemaError(f"the Wan base reads {config.text_dim}-wide caption tokens; the latent cache {cfg.data} "
+                              f"stores {text_dim}-wide ones: encode it with `kinema data encode --model` of this base")
+    else:
+        config = cfg.dit_config(text_dim)
+    with torch.device("meta"):
+        dit = DiT(config, attention=cfg.attention, checkpointing=cfg.checkpointing)
+        text = None
+        if cfg.text_encoder == "builtin":
+            text = BuiltinTextEncoder(tok, TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads))
+        model = FlowModel(dit, text)
+        if cfg.lora_rank:
+            try:
+                from peft import LoraConfig, inject_adapter_in_model
+            except ImportError:
+                raise KinemaError("LoRA training needs PEFT: pip install 'kinema[finetune]'") from None
+            lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank, lora_dropout=cfg.lora_dropout,
+                              target_modules=list(cfg.lora_targets))  # fmt: skip
+            try:
+                inject_adapter_in_model(lora, model.dit)
+            except ValueError as e:
+                raise KinemaError(f"lora_targets {list(cfg.lora_targets)}: {e}") from None
+            model.requires_grad_(False)
+            for name, p in model.named_parameters():
+                p.requires_grad_(".lora_" in name)
+            if d.device.type == "cuda" and cfg.precision == "bf16":  # the frozen base in half the memory
+                for p in model.parameters():
+                    if not p.requires_grad:
+                        p.data = p.data.to(torch.bfloat16)
+        elif cfg.text_frozen and text is not None:
+            text.requires_grad_(False)
+    if cfg.offload == "blocks":
+        if d.distributed:
+            raise KinemaError("offload=blocks runs on one process; under torchrun FSDP2 shards the base instead")
+        model.to_empty(device="cpu")  # the base never wholly on the device
+        fill_from_base(model, base_tensors(cfg, config), cfg.seed)
+        from kinema.dit import offload_blocks
+
+        offload_blocks(model.dit, d.device, frozen_only=True)
+        if model.text is not None:
+            model.text.to(d.device)
+        return model
+    if d.distributed:
+        shard(model, d, cfg.precision)
+    model.to_empty(device=d.device)
+    fill_from_base(model, base_tensors(cfg, config), cfg.seed)
+    return model
+
+
+def base_tensors(cfg: DiTTrainConfig, config: DiTConfig):
+    """(name in FlowModel, full tensor) of the base weights, read one at a time from init's files."""
+    wan = cfg.wan_base
+    if wan is not None:
+        from kinema.models.hf import LazyState
+        from kinema.models.wan import wan_dit_tensors
+
+        for name, t in wan_dit_tensors(LazyState(wan), config):
+            yield f"dit.{name}", t
+        return
+    from safetensors import safe_open
+
+    d = Path(cfg.init)
+    files = [("dit", d / DIT_WEIGHTS)] + ([("text", d / BuiltinTextEncoder.WEIGHTS)] if cfg.text_encoder == "builtin" else [])
+    for prefix, path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    yield f"{prefix}.{key}", f.get_tensor(key)
+        except OSError as e:
+            raise KinemaError(f"init: cannot read the exported weights {path}: {e}") from None
+
+
+@torch.no_grad()
+def fill_from_base(model: nn.Module, tensors, seed: int) -> None:
+    """Fill a model made with `to_empty` (plain or FSDP2-sharded): base weights from `tensors`,
+    LoRA adapters as PEFT initialises them (A Kaiming-uniform from `seed`, B zero), in full and
+    then sharded, so the result is the same on any number of ranks."""
+    import math
+
+    params = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters() if ".lora_" not in n}
+    filled = set()
+    for name, full in tensors:
+        p = params.get(name)
+        if p is None:
+            raise KinemaError(f"init: the base has a tensor {name} this run's model lacks (model, hidden, depth?)")
+        if tuple(full.shape) != tuple(p.shape):
+            raise KinemaError(f"init: {name} is {tuple(full.shape)} in the base, {tuple(p.shape)} in this run's model")
+        _assign(p, full)
+        filled.add(name)
+    missing = sorted(set(params) - filled)
+    if missing:
+        raise KinemaError(f"init: the base lacks {missing[:4]} ... of this run's model (model, hidden, depth, text_*?)")
+    g = torch.Generator().manual_seed(seed)
+    for name, p in sorted((n, p) for n, p in model.named_parameters() if ".lora_" in n):
+        full = torch.zeros(p.shape)
+        if ".lora_A." in name:
+            torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=g)
+        _assign(p, full)
+
+
+def _assign(p: Tensor, full: Tensor) -> None:
+    """Copy a full tensor into a parameter, or into this rank's shard of it (DTensor)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    full = full.to(p.dtype)
+    if isinstance(p, DTensor):  # every rank read the same tensor: each keeps its own part, no messages
+        part = distribute_tensor(full.to(p.device_mesh.device_type), p.device_mesh, p.placements, src_data_rank=None)
+        p.to_local().copy_(part.to_local())
+    else:
+        p.copy_(full)
 
 
 def _init_from(run: Run, directory: str, reset: Sequence[str]) -> None:
@@ -636,7 +833,7 @@ def _init_from(run: Run, directory: str, reset: Sequence[str]) -> None:
 
 
 def save(run: Run) -> Path:
-    state = train_state(run.model, run.optimizer, run.ema)
+    state = train_state(run.model, run.optimizer, run.ema, trainable_only=bool(run.cfg.lora_rank))
     meta = {"position": run.data.position, "config": run.cfg.to_dict(), "extent": list(run.extent),
             "min_side": run.min_side}
     return save_checkpoint(run.root / "checkpoints", run.step, state, meta, run.d, keep=run.cfg.keep_checkpoints)
@@ -654,7 +851,8 @@ def train_step(run: Run) -> dict[str, float]:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     dit_cfg = model.dit.config
-    micro = [make_micro_batch(b, cfg, dit_cfg, run.null_text) for b in run.data.next_batches(cfg.sequences_per_step)]
+    pad_to = getattr(run.data, "text_pad_to", None)
+    micro = [make_micro_batch(b, cfg, dit_cfg, run.null_text, pad_to) for b in run.data.next_batches(cfg.sequences_per_step)]
     count = _all_sum(float(sum(float(m.loss_mask.sum()) for m in micro)), d)  # loss tokens (weighted), all ranks
     scale = d.world_size / max(count, 1.0)  # FSDP averages over ranks: undo it to get a global mean
     forward = autocast(cfg.precision, dev)
@@ -749,11 +947,20 @@ def export_weights(run: Run, out: str | os.PathLike) -> Path:
     out = Path(out)
     extent = _all_reduce(run.extent, d, "max")
     (min_side,) = _all_reduce([run.min_side or UNSEEN], d, "min")
-    live = {n: p.detach().clone() for n, p in model.named_parameters()}
+    live = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     run.ema.copy_to(model)
+    lora = bool(run.cfg.lora_rank)
     # without FSDP these tensors share storage with the parameters: write them before restoring
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if d.is_main:
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                ignore_frozen_params=lora))  # fmt: skip
+    if d.is_main and lora:
+        _export_lora(run, full, out)
+    elif d.is_main and run.cfg.wan_base is not None:
+        from kinema.lora import wan_state_from_kinema
+
+        dit_sd = {k[len("dit.") :]: v.float().contiguous() for k, v in full.items() if k.startswith("dit.")}
+        write_wan_folder(run.cfg.wan_base, out, wan_state_from_kinema(dit_sd, model.dit.config))
+    elif d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dit_sd = {k[len("dit.") :]: v.float().contiguous() for k, v in full.items() if k.startswith("dit.")}
         meta = {"format": "pt", "model": "kinema.dit", "step": str(run.step), "weights": "ema"}
@@ -777,8 +984,106 @@ def export_weights(run: Run, out: str | os.PathLike) -> Path:
     barrier(d)
     with torch.no_grad():
         for n, p in model.named_parameters():
-            p.copy_(live[n])
+            if n in live:
+                p.copy_(live[n])
     return out
+
+
+LORA_FILE = "lora.safetensors"
+
+
+def _export_lora(run: Run, full: dict[str, Tensor], out: Path) -> Path:
+    """export/lora.safetensors: the adapters (EMA), in diffusers' layout on a Wan base."""
+    from kinema.lora import save_lora
+
+    cfg = run.cfg
+    peft_state = {k[len("dit.") :].replace(".default.", "."): v.float().contiguous()
+                  for k, v in full.items() if k.startswith("dit.") and ".lora_" in k}  # fmt: skip
+    meta = {"base": str(Path(cfg.init).resolve()), "rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank,
+            "targets": list(cfg.lora_targets), "step": run.step}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    return save_lora(out / LORA_FILE, peft_state, cfg.lora_scale, wan=cfg.wan_base is not None, meta=meta)
+
+
+def write_wan_folder(transformer: Path, out: str | os.PathLike, state: dict[str, Tensor]) -> Path:
+    """A diffusers Wan folder at `out` whose transformer holds `state` (diffusers names): the
+    other parts of the base `transformer` belongs to are hard-linked (copied where the file system
+    cannot link); a base that is a transformer folder alone gives a transformer folder."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from kinema.models.wan import is_wan_folder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    whole = is_wan_folder(transformer.parent)
+    if whole:
+        for item in transformer.parent.iterdir():
+            if item.name == transformer.name:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, out / item.name, copy_function=link_or_copy, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, out / item.name)
+    target = out / "transformer" if whole else out
+    target.mkdir(exist_ok=True)
+    shutil.copy2(transformer / "config.json", target / "config.json")
+    tmp = target / ".diffusion_pytorch_model.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, target / "diffusion_pytorch_model.safetensors")
+    return out
+
+
+def lora_meta(path: str | os.PathLike) -> dict:
+    """What Kinema wrote about a LoRA file it exported: {"base", "rank", "alpha", "targets", "step"}."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("kinema_lora", "{}"))
+    except (OSError, ValueError) as e:
+        raise KinemaError(f"{path} is not a LoRA safetensors file: {e}") from None
+    if not meta.get("base"):
+        raise KinemaError(f"{path} does not say which model it adapts (not exported by `kinema train dit`)")
+    return meta
+
+
+def pack_lora(lora: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
+    """Merge an exported LoRA into its base and write a whole model folder: a diffusers Wan folder
+    for a Wan base (its other parts hard-linked), a Kinema model folder otherwise."""
+    from kinema.lora import merge_lora
+
+    base = Path(lora_meta(lora)["base"])
+    if not base.exists():
+        raise KinemaError(f"the base model of {lora} is gone: {base}")
+    from kinema.models.wan import load_wan_dit, wan_transformer_dir
+
+    transformer = wan_transformer_dir(base)
+    if transformer is not None:
+        from kinema.lora import wan_state_from_kinema
+
+        dit = load_wan_dit(transformer)
+        merge_lora(dit, lora, 1.0, wan=True)
+        state = {k: v.to(dtype) for k, v in wan_state_from_kinema(dit.state_dict(), dit.config).items()}
+        return write_wan_folder(transformer, out, state)
+    from safetensors.torch import save_file
+
+    from kinema.pipeline import pack_model
+
+    dst = pack_model(base, out, dtype=dtype)
+    dit, _ = load_export(dst)
+    merge_lora(dit, lora, 1.0, wan=False)
+    state = {k: v.to(dtype).contiguous() for k, v in dit.state_dict().items()}
+    save_file(state, str(dst / DIT_WEIGHTS), metadata={"format": "pt", "model": "kinema.dit"})
+    return dst
 
 
 def export_dit(root: str | os.PathLike, out: str | os.PathLike | None = None, cfg: DiTTrainConfig | None = None) -> Path:

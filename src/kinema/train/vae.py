@@ -231,9 +231,7 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
     if ckpt is not None and (run_dir / "config.json").is_file():
         before = json.loads((run_dir / "config.json").read_text())["train"].get("freeze_encoder", False)
-        if before != cfg.freeze_encoder:  # the optimizer state holds the parameters it trained
-            raise KinemaError(f"{run_dir} was trained with freeze_encoder={before}; a resume cannot change it "
-                              f"(start a new run with --init {run_dir / 'export'})")
+        check_encoder_kept(run_dir, before, cfg.freeze_encoder)
     if ckpt is None and cfg.init:
         _init_from(model, cfg.init)
     if cfg.freeze_encoder:  # the latent space stays as it is: only the decoder learns
@@ -292,6 +290,14 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
         save_vae(export, run_dir / "export")
     shutdown(d)
     return losses
+
+
+def check_encoder_kept(run_dir: Path, before: bool, after: bool) -> None:
+    """A resume cannot change freeze_encoder, not even with --override: the optimizer state
+    holds the parameters the run trained."""
+    if before != after:
+        raise KinemaError(f"{run_dir} was trained with freeze_encoder={before}; a resume cannot change it "
+                          f"(start a new run with --init {Path(run_dir) / 'export'})")
 
 
 def _init_from(model: torch.nn.Module, source: str) -> None:
