@@ -282,3 +282,30 @@ def test_the_finetune_memory_estimate_counts_the_adapters_peft_makes():
     assert off["base_weights"] < on["base_weights"] / 10 and off["activations"] == on["activations"]
     with pytest.raises(KinemaError, match="needs lora_rank > 0 and checkpointing"):
         wan_finetune_memory("wan2.1-14b", 832, 480, 81, 0, offload="blocks")
+
+
+def test_a_wan22_ti2v_base_trains_with_clean_frame_conditioning(tmp_path):
+    """Wan 2.2 TI2V-5B was trained with clean first-frame tokens at t = 0: its cache is cut to its
+    32-pixel grid, and its runs keep Kinema's conditioning mix."""
+    from typer.testing import CliRunner
+
+    from kinema.cli import app
+    from kinema.flow import DEFAULT_CONDITION_PROBS
+    from kinema.pipeline import Pipeline
+    from kinema.world.dataset import write_dataset
+    from tests.test_wan22 import save_ti2v_folder
+
+    folder = tmp_path / "ti2v"
+    save_ti2v_folder(folder)
+    manifest = write_dataset(tmp_path / "clips", 3, seed=2, min_side=48, max_side=80, min_seconds=0.5, max_seconds=0.8,
+                             progress=False)  # fmt: skip
+    res = CliRunner().invoke(app, ["data", "encode", "--manifest", str(manifest), "--model", str(folder),
+                                   "--out", str(tmp_path / "latents")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "latents/encode.json").read_text())
+    assert settings["multiple"] == 32
+    cfg = DiTTrainConfig(init=str(folder), data=str(tmp_path / "latents"), **{**LORA, "steps": 2})
+    assert cfg.condition_probs == DEFAULT_CONDITION_PROBS
+    train_dit(tmp_path / "run", cfg, progress=False)
+    pipe = Pipeline.from_pretrained(folder)
+    assert pipe.apply_lora(tmp_path / "run/export/lora.safetensors") > 0

@@ -156,14 +156,15 @@ def wan_finetune_memory(name: str, width: int, height: int, frames: int = 81, lo
 
 def wan_finetune_table(gpus: tuple[int, ...] = (24, 48, 80)) -> list[dict]:
     """The README's fine-tuning rows: LoRA (rank 16) and full fine-tuning of Wan 2.1 1.3B and 14B at
-    480p x 81 frames, with checkpointing, and LoRA on the 14B with block offload."""
+    480p (832x480) x 81 frames with checkpointing, and LoRA on the 14B with block offload at 81 and
+    at 33 frames."""
     rows = []
-    runs = [("wan2.1-1.3b", 16, "none"), ("wan2.1-1.3b", 0, "none"), ("wan2.1-14b", 16, "none"),
-            ("wan2.1-14b", 16, "blocks"), ("wan2.1-14b", 0, "none")]  # fmt: skip
-    for name, rank, offload in runs:
-        m = wan_finetune_memory(name, 832, 480, 81, rank, True, offload)
+    runs = [("wan2.1-1.3b", 16, "none", 81), ("wan2.1-1.3b", 0, "none", 81), ("wan2.1-14b", 16, "none", 81),
+            ("wan2.1-14b", 16, "blocks", 81), ("wan2.1-14b", 16, "blocks", 33), ("wan2.1-14b", 0, "none", 81)]  # fmt: skip
+    for name, rank, offload, frames in runs:
+        m = wan_finetune_memory(name, 832, 480, frames, rank, True, offload)
         fits = [f"{g} GB" for g in gpus if m["peak"] * GIB <= g * 1e9 * 0.9]  # 10% for the framework
         rows.append(dict(model=name, training=f"LoRA r{rank}" if rank else "full", offload=offload,
-                         tokens=m["tokens"], peak_gib=round(m["peak"], 1),
+                         frames=frames, tokens=m["tokens"], peak_gib=round(m["peak"], 1),
                          fits=", ".join(fits) or "none of these"))  # fmt: skip
     return rows

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from kinema.data.cache import write_json
 from kinema.dit import PRESETS, DiT, DiTConfig
 from kinema.errors import KinemaError
+from kinema.lora import DEFAULT_TARGETS
 from kinema.flow import DEFAULT_CONDITION_PROBS, draw_condition_mask, interpolate, pin_conditions, training_t, velocity
 from kinema.text.encoder import SPECIALS, BuiltinTextEncoder, TextEncoderConfig, WordTokenizer, drop_captions
 from kinema.train.common import (
@@ -186,7 +187,7 @@ class DiTTrainConfig:
     init_reset: tuple[str, ...] = ()
     lora_rank: int = 0
     lora_alpha: float | None = None
-    lora_targets: tuple[str, ...] = ("attn.qkv", "attn.proj", "cross.q", "cross.kv", "cross.proj", "mlp.up", "mlp.down")
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
     lora_dropout: float = 0.0
     offload: str = "none"
 
