@@ -7,6 +7,7 @@ Heavy modules (torch, av) are imported inside the commands so `kinema --help` is
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -89,15 +90,46 @@ def _read_media(path: Path, fps: float | None = None):
     return read_video(path, fps=fps)
 
 
+_FOLLOWER = False  # under torchrun: a rank other than 0, which samples along but writes nothing
+
+
 def _pipeline(model: str, dtype: str | None = None, offload: str = "none", lora: list[str] | None = None):
+    """The model, its LoRAs merged; under torchrun (WORLD_SIZE > 1) every rank samples each clip
+    together, its sequence split over them (`Pipeline.sequence_parallel`), and rank 0 writes."""
+    global _FOLLOWER
     from kinema.pipeline import Pipeline
 
     adapters = [_lora_arg(item) for item in lora or ()]  # a bad --lora fails before the model loads
+    group = _torchrun_group()
     pipe = Pipeline.from_pretrained(model, dtype=dtype, offload=offload)
     for path, scale in adapters:
         n = pipe.apply_lora(path, scale)
-        typer.echo(f"applied the LoRA {path} at scale {scale:g} ({n} weights)")
+        _say(f"applied the LoRA {path} at scale {scale:g} ({n} weights)")
+    if group is not None:
+        pipe.sequence_parallel(group)
+        _FOLLOWER = pipe.follower
+        _say(f"sampling on {os.environ['WORLD_SIZE']} ranks, each sequence split among them")
     return pipe
+
+
+def _torchrun_group():
+    """All ranks as one process group when run under torchrun, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    import atexit
+
+    import torch.distributed as dist
+
+    from kinema.train.common import init_distributed, shutdown
+
+    d = init_distributed()
+    atexit.register(shutdown, d)
+    return dist.group.WORLD
+
+
+def _say(text: str) -> None:
+    if not _FOLLOWER:
+        typer.echo(text)
 
 
 def _lora_arg(text: str) -> tuple[Path, float]:
@@ -145,6 +177,8 @@ def _echo_caption(result, prompt: str, out: Path) -> None:
 
 
 def _write(result, out: Path, prompt: str) -> None:
+    if _FOLLOWER:
+        return
     from kinema.video import write_video
 
     path = write_video(out, result.frames, result.fps)
@@ -172,6 +206,8 @@ def generate_cmd(
               expand=how, method=sampler)  # fmt: skip
     if window is not None:
         result = pipe.long(prompt, seconds if seconds is not None else pipe.defaults["seconds"], window, out=out, **kw)
+        if _FOLLOWER:
+            return
         for note in result.notices:
             typer.echo(f"note: {note}")
         _echo_caption(result, prompt, result.path)

@@ -411,6 +411,7 @@ class SelfAttention(nn.Module):
         self.q_norm = _qk_norm(dim, heads, across)
         self.k_norm = _qk_norm(dim, heads, across)
         self.proj = nn.Linear(dim, dim)
+        self.sp_group = None  # a sequence-parallel group: x holds this rank's tokens (`kinema.parallel`)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None) -> Tensor:
         q, k, v = split_linear(self.qkv, x, 3)  # (B, L, D) each
@@ -419,7 +420,14 @@ class SelfAttention(nn.Module):
         q, k, v = (rearrange(a, "b l (h d) -> b h l d", h=self.heads) for a in (q, k, v))  # (B, H, L, d)
         if not self.across:
             q, k = self.q_norm(q), self.k_norm(k)
-        out = attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)  # (B, H, L, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.sp_group is None:
+            out = attend(q, k, v, mask)  # (B, H, L, d)
+        else:  # Ulysses: every token, this rank's heads; then back to this rank's tokens, every head
+            from kinema.parallel import heads_to_seq, seq_to_heads
+
+            q, k, v = (seq_to_heads(a, self.sp_group) for a in (q, k, v))  # (B, H/K, L, d)
+            out = heads_to_seq(attend(q, k, v, mask), self.sp_group)  # (B, H, L/K, d)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
@@ -550,7 +558,23 @@ class DiT(nn.Module):
         self.cross_gate = nn.Linear(D, D) if config.cross_gate else None
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.final = FinalLayer(D, config.token_dim, config.final_mod)
+        self.sp_group = None
         self.init_weights()
+
+    def sequence_parallel(self, group) -> DiT:
+        """Split each sequence over the ranks of `group` (`kinema.parallel`; None: off). Every rank
+        of the group then calls forward with the same whole inputs and gets the whole output."""
+        if group is not None:
+            import torch.distributed as dist
+
+            K = dist.get_world_size(group)
+            if self.config.heads % K:
+                raise KinemaError(f"sequence parallelism over {K} ranks needs the heads ({self.config.heads}) "
+                                  "to split evenly among them")  # fmt: skip
+        self.sp_group = group
+        for block in self.blocks:
+            block.attn.sp_group = group
+        return self
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -625,7 +649,7 @@ class DiT(nn.Module):
         pooled_tok = pooled[text_row][None] if pooled is not None else None  # (1, L, D)
         # torch has no flex-attention backward on a CPU: there, training uses the SDPA masks
         # (same result), and flex serves inference
-        if self.attention == "flex" and not (dev.type == "cpu" and torch.is_grad_enabled()):
+        if self.attention == "flex" and self.sp_group is None and not (dev.type == "cpu" and torch.is_grad_enabled()):
 
             def same_doc(b, h, q, kv):
                 return doc_ids[q] == doc_ids[kv]
@@ -681,6 +705,8 @@ class DiT(nn.Module):
                 f"got {tuple(text.shape)} and {tuple(text_mask.shape)}"
             )
         text_mask = text_mask.bool()
+        if self.sp_group is not None:
+            return self._sequence_parallel_forward(tokens, positions, t, text, text_mask, doc_ids, text_doc)
 
         x = self.x_embed(tokens)  # (B, L, D)
         context, masks, pooled = self._text_and_masks(text, text_mask, B, L, doc_ids, text_doc)
@@ -702,6 +728,49 @@ class DiT(nn.Module):
             else:
                 x = block(x, mod, cos, sin, context, masks, gate)  # (B, L, D)
         return self.final(x, c)  # (B, L, C*pt*ph*pw)
+
+    def _sequence_parallel_forward(self, tokens: Tensor, positions: Tensor, t: Tensor, text: Tensor,
+                                   text_mask: Tensor, doc_ids: Tensor | None, text_doc: Tensor | None) -> Tensor:  # fmt: skip
+        """`forward` with this rank's share of the tokens (see `kinema.parallel`): the sequence is
+        padded to a multiple of the group, each rank runs its slice through every block (self-
+        attention trades slices for heads and back), and the slices are gathered."""
+        from kinema.parallel import gather_sequence, local_slice
+
+        B, L, _ = tokens.shape
+        cfg = self.config
+        padded, mine = local_slice(L, self.sp_group)
+        pad = padded - L
+        valid = None
+        if pad:
+            tokens = F.pad(tokens, (0, 0, 0, pad))
+            positions = F.pad(positions, (0, 0, 0, pad))
+            t = F.pad(t, (0, pad))
+            if doc_ids is not None:
+                doc_ids = F.pad(doc_ids, (0, pad), value=-1)  # padding: a document of its own
+            else:
+                valid = torch.arange(padded, device=tokens.device) < L
+        context, masks, pooled = self._text_and_masks(text, text_mask, B, padded, doc_ids, text_doc)
+        cross = masks.cross_mask
+        if cross.shape[-2] != 1:  # (B, 1, L, K): this rank's rows
+            cross = cross[..., mine, :]
+        self_mask = masks.self_mask if valid is None else valid[None, None, None, :]  # real keys only
+        masks = AttentionMasks(self_mask, cross)
+        if pooled is not None and pooled.shape[1] != 1:
+            pooled = pooled[:, mine]
+        shared_t = doc_ids is None and bool((t[:, :L] == t[:, :1]).all())
+        c, mod = self.conditioning(t[:, :1] if shared_t else t[:, mine], pooled)
+        gate = self.cross_gate(F.silu(c)) if self.cross_gate is not None else None
+        extent = cfg.trained_extent if doc_ids is None else None
+        cos, sin = rope_angles(positions, cfg.rope_split, cfg.rope_theta, extent)  # the whole sample's scale
+        cos, sin = cos[..., mine, :], sin[..., mine, :]
+        cos, sin = (cos[None, None], sin[None, None]) if cos.ndim == 2 else (cos[:, None], sin[:, None])
+        x = self.x_embed(tokens[:, mine])  # (B, L/K, D)
+        for block in self.blocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, mod, cos, sin, context, masks, gate, use_reentrant=False)
+            else:
+                x = block(x, mod, cos, sin, context, masks, gate)
+        return gather_sequence(self.final(x, c), self.sp_group)[:, :L]  # (B, L, C*pt*ph*pw)
 
     # ------------------------------------------------------------ sizes
 

@@ -374,6 +374,7 @@ class Pipeline:
         self.kind = kind  # "world", "wan" or "kinema": which default expansion style it gets without one
         self._style = None
         self._chats: dict = {}
+        self.follower = False  # a rank of a sequence-parallel group other than its first (`sequence_parallel`)
         self.defaults = {**DEFAULTS, **(defaults or {})}
         if "fps_range" in self.defaults:  # a bad range is an error at load, not at the first video
             tasks.check_frame_rates(self.defaults["fps_range"])
@@ -449,6 +450,17 @@ class Pipeline:
         expand = expand in (True, "world")
         return cls(dit, text, vae, expand=expand, defaults=spec.get("defaults"), name=str(name_or_path), device=dev,
                    offload=offload, folder=directory, kind="world" if expand else "kinema")  # fmt: skip
+
+    def sequence_parallel(self, group) -> Pipeline:
+        """Sample over the ranks of a process group (under torchrun): each sequence's tokens are
+        split among them in the DiT (`kinema.parallel`). Every rank calls the same task with the
+        same arguments and gets the same result; only the group's first rank writes a long
+        video's file (`follower` is True on the others). None: one process again."""
+        import torch.distributed as dist
+
+        self.dit.sequence_parallel(group)
+        self.follower = group is not None and dist.get_rank(group) != 0
+        return self
 
     def apply_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
         """Merge a LoRA file's adapters into the DiT's weights (scale x their delta): Kinema's
@@ -866,6 +878,10 @@ class Pipeline:
                 frames.append(win.frames)
                 report(win)
             return Output(Video(torch.cat(frames), fps), caption, notices=said + notes)
+        if self.follower:  # the group's first rank writes the file
+            for win in self.long_windows(prompt, seconds, window, **kw):
+                report(win)
+            return Output(None, caption, notices=said + notes)
         with StreamWriter(out, fps) as writer:
             for win in self.long_windows(prompt, seconds, window, **kw):
                 writer.write(win.frames)

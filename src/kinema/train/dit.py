@@ -126,6 +126,9 @@ class DiTTrainConfig:
             their optimizer state and EMA only; the base is read from init again on resume. The
             export is export/lora.safetensors (diffusers' layout for a Wan base; `kinema.lora`).
             lora_rank 0 (the default): every weight trains (full fine-tuning).
+            sequence_parallel=K (under torchrun, K dividing the ranks): each packed sequence is
+            split over K consecutive ranks (Ulysses attention, `kinema.parallel`); the ranks form a
+            (data x sequence) mesh, every K of them run the same sequences, FSDP2 shards over all.
             offload=blocks (with LoRA and checkpointing, one process): the frozen base's blocks
             stay in CPU memory and visit the device one at a time (`dit.offload_blocks`), so a
             base larger than the GPU trains adapters (see `models.memory.wan_finetune_table`)
@@ -190,6 +193,7 @@ class DiTTrainConfig:
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
     lora_dropout: float = 0.0
     offload: str = "none"
+    sequence_parallel: int = 1
 
     def __post_init__(self):
         problems = []
@@ -216,6 +220,8 @@ class DiTTrainConfig:
             problems.append("lora_rank trains adapters on a trained model: set init=EXPORT_OR_WAN_DIR")
         if self.lora_rank and not self.lora_targets:
             problems.append("lora_targets is empty: name the modules to adapt (e.g. attn.qkv,attn.proj)")
+        if self.sequence_parallel < 1:
+            problems.append(f"sequence_parallel must be >= 1; got {self.sequence_parallel}")
         if self.offload not in ("none", "blocks"):
             problems.append(f"offload must be none or blocks; got {self.offload!r}")
         elif self.offload == "blocks" and not (self.lora_rank and self.checkpointing):
@@ -601,7 +607,8 @@ def _make_data(cfg: DiTTrainConfig, d: Dist, patch, root: Path):
 
         vae = load_vae(cfg.vae, device=d.device)
         stream = WorldStream(
-            vae, cfg.token_budget, seed=cfg.seed, rank=d.rank, world_size=d.world_size, patch=patch,
+            vae, cfg.token_budget, seed=cfg.seed, rank=d.rank // cfg.sequence_parallel,
+            world_size=d.world_size // cfg.sequence_parallel, patch=patch,
             window=min(cfg.pack_window, cfg.world_clips or cfg.world_epoch_size), pad=cfg.pad_to_budget,
             min_side=cfg.world_min_side, max_side=cfg.world_max_side, min_seconds=cfg.world_min_seconds,
             max_seconds=cfg.world_max_seconds, fps_choices=cfg.world_fps, max_frames=cfg.world_max_frames,
@@ -615,7 +622,9 @@ def _make_data(cfg: DiTTrainConfig, d: Dist, patch, root: Path):
                 stream.prefill(cfg.world_workers)
             barrier(d)
         return stream
-    return ShardDataset(cfg.data, cfg.token_budget, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
+    # the K ranks of a sequence-parallel group read the same sequences: data rank r // K of W / K
+    K = cfg.sequence_parallel
+    return ShardDataset(cfg.data, cfg.token_budget, seed=cfg.seed, rank=d.rank // K, world_size=d.world_size // K,
                         patch=patch, window=cfg.pack_window, pad=cfg.pad_to_budget)  # fmt: skip
 
 
@@ -623,16 +632,24 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
     """Build (or rebuild, to resume) a run: data, model, optimizer, EMA; load the latest checkpoint."""
     root = Path(root)
     d = d or init_distributed(None if cfg.device == "auto" else cfg.device)
-    if cfg.sequences_per_step % d.world_size:
-        raise KinemaError(
-            f"sequences_per_step = {cfg.sequences_per_step} must be a multiple of the number of ranks ({d.world_size})"
-        )
+    K = cfg.sequence_parallel
+    if K > 1 and d.world_size % K:
+        raise KinemaError(f"sequence_parallel = {K} must divide the number of ranks ({d.world_size}); "
+                          "run it under torchrun --nproc_per_node N with N a multiple of it")  # fmt: skip
+    if cfg.sequences_per_step % (d.world_size // K):
+        raise KinemaError(f"sequences_per_step = {cfg.sequences_per_step} must be a multiple of the number of ranks "
+                          f"({d.world_size}) divided by sequence_parallel ({K})")  # fmt: skip
     if d.is_main:
         root.mkdir(parents=True, exist_ok=True)
         write_json(root / "config.json", cfg.to_dict())
     barrier(d)
 
     patch = PRESETS[cfg.model]().patch
+    group = None
+    if K > 1:
+        from kinema.parallel import sequence_group
+
+        group = sequence_group(K, d.device.type)
     data = _make_data(cfg, d, patch, root)
     frozen_text, null_text, tok = None, None, None
     if cfg.text_encoder == "builtin":
@@ -652,7 +669,7 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
             text_dim = frozen_text.dim
 
     if cfg.wan_base is not None or cfg.lora_rank:
-        model = _model_from_base(cfg, d, text_dim, tok)
+        model = _model_from_base(cfg, d, text_dim, tok, group)
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         dit = DiT(cfg.dit_config(text_dim), attention=cfg.attention, checkpointing=cfg.checkpointing)
@@ -660,6 +677,7 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
         if cfg.text_encoder == "builtin":
             text = BuiltinTextEncoder(tok, TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads))
         model = FlowModel(dit, text).to(d.device)
+        dit.sequence_parallel(group)
         if cfg.text_frozen:
             model.text.requires_grad_(False)  # out of the optimizer and of the EMA
         if d.distributed:
@@ -683,7 +701,8 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
     return run
 
 
-def _model_from_base(cfg: DiTTrainConfig, d: Dist, text_dim: int, tok: WordTokenizer | None) -> FlowModel:
+def _model_from_base(cfg: DiTTrainConfig, d: Dist, text_dim: int, tok: WordTokenizer | None,
+                     group=None) -> FlowModel:  # fmt: skip
     """The model of a run that starts from `init` as its base (a Wan folder, or an export under
     LoRA): built on the meta device, adapters injected, sharded under torchrun, then filled one
     tensor at a time from the base's files (each rank keeps only its shards), the adapters drawn
@@ -700,7 +719,7 @@ def _model_from_base(cfg: DiTTrainConfig, d: Dist, text_dim: int, tok: WordToken
     else:
         config = cfg.dit_config(text_dim)
     with torch.device("meta"):
-        dit = DiT(config, attention=cfg.attention, checkpointing=cfg.checkpointing)
+        dit = DiT(config, attention=cfg.attention, checkpointing=cfg.checkpointing).sequence_parallel(group)
         text = None
         if cfg.text_encoder == "builtin":
             text = BuiltinTextEncoder(tok, TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads))
@@ -854,8 +873,11 @@ def train_step(run: Run) -> dict[str, float]:
     dit_cfg = model.dit.config
     pad_to = getattr(run.data, "text_pad_to", None)
     micro = [make_micro_batch(b, cfg, dit_cfg, run.null_text, pad_to) for b in run.data.next_batches(cfg.sequences_per_step)]
-    count = _all_sum(float(sum(float(m.loss_mask.sum()) for m in micro)), d)  # loss tokens (weighted), all ranks
-    scale = d.world_size / max(count, 1.0)  # FSDP averages over ranks: undo it to get a global mean
+    K = cfg.sequence_parallel  # the K ranks of a sequence group hold the same sequences: count them once
+    count = _all_sum(float(sum(float(m.loss_mask.sum()) for m in micro)), d) / K  # loss tokens (weighted), all ranks
+    # FSDP averages over all ranks: undo it to get a global mean (a sequence group's ranks each hold a
+    # part of its sequences' gradient, which the average over all ranks then adds up)
+    scale = d.world_size / max(count, 1.0)
     forward = autocast(cfg.precision, dev)
     loss_sum = torch.zeros((), device=dev)
     for m in micro:
@@ -882,9 +904,9 @@ def train_step(run: Run) -> dict[str, float]:
     run.optimizer.zero_grad(set_to_none=True)
     run.ema.update(model, run.step)
     run.step += 1
-    loss = _all_sum(float(loss_sum), d) / max(count, 1.0)
-    tokens = _all_sum(float(sum(m.tokens for m in micro)), d)
-    flops = _all_sum(3.0 * sum(m.flops for m in micro), d)  # forward + backward
+    loss = _all_sum(float(loss_sum), d) / K / max(count, 1.0)
+    tokens = _all_sum(float(sum(m.tokens for m in micro)), d) / K
+    flops = _all_sum(3.0 * sum(m.flops for m in micro), d) / K  # forward + backward
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start

@@ -1,0 +1,85 @@
+"""Sequence parallelism (Ulysses) on CPU with gloo: a sequence split over 2 ranks gives the DiT's
+velocity, loss and gradients of one rank (packed and unpacked, lengths that do not divide); the
+trainer on 2 ranks (sequence 2) and on 4 (data 2 x sequence 2) equals one process on the same
+global batch; and `torchrun ... kinema.cli generate` samples the clip one process samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kinema.errors import KinemaError
+from kinema.train.dit import DiTTrainConfig, setup, train_dit
+from tests.test_train_dit import SMALL, cache, losses  # noqa: F401 (the fixture)
+
+HERE = Path(__file__).parent
+
+
+def torchrun(args: list, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *map(str, args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+@pytest.mark.slow
+def test_a_split_sequence_gives_the_velocity_loss_and_gradients_of_one_rank():
+    res = torchrun([HERE / "sp_check.py"])
+    diffs = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("max diff "):
+            name, value = line[len("max diff ") :].rsplit(" ", 1)
+            diffs.setdefault(name, []).append(float(value))
+    assert set(diffs) == {"unpacked", "packed", "loss", "grad"} and all(len(v) == 2 for v in diffs.values())
+    assert max(max(v) for v in diffs.values()) <= 1e-5, diffs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_training_split_over_ranks_equals_one_process(tmp_path, cache, nproc):  # noqa: F811
+    """2 ranks: one sequence group; 4 ranks: a (data 2 x sequence 2) mesh; the same global batch."""
+    settings = dict(data=cache, token_budget=64, sequences_per_step=2, steps=2, precision="fp32", **SMALL)
+    train_dit(tmp_path / "one", DiTTrainConfig(**{**settings, "data": str(cache)}), progress=False)
+    sets = sum((["--set", f"{k}={v}"] for k, v in {**settings, "sequence_parallel": 2}.items()), [])
+    torchrun(["-m", "kinema.cli", "train", "dit", tmp_path / "split", *sets], nproc=nproc)
+    one, split = losses(tmp_path / "one"), losses(tmp_path / "split")
+    assert sorted(one) == sorted(split) == [1, 2]
+    assert all(abs(one[s] - split[s]) <= 1e-4 for s in one), (one, split)
+    a, b = (load_file(str(tmp_path / r / "export/dit.safetensors")) for r in ("one", "split"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
+
+
+def test_sequence_parallel_needs_ranks_it_divides(cache):  # noqa: F811
+    with pytest.raises(KinemaError, match="sequence_parallel = 2 must divide the number of ranks"):
+        setup("unused", DiTTrainConfig(data=str(cache), sequence_parallel=2, **SMALL))
+
+
+@pytest.mark.slow
+def test_torchrun_samples_the_clip_one_process_samples(tmp_path):
+    from kinema.pipeline import Pipeline
+    from kinema.video import read_video
+
+    torchrun([HERE / "sp_check.py", "sample", tmp_path / "split.safetensors"])
+    split = load_file(str(tmp_path / "split.safetensors"))["latent"]
+    one = Pipeline.from_pretrained("world", device="cpu").generate(
+        "a red ball bounces on green grass", width=80, height=48, seconds=1, steps=3, seed=5, progress=False).latent
+    assert split.shape == one.shape and (split - one).abs().max().item() <= 1e-4
+
+    # the command line: rank 0 writes, the other ranks write nothing; a long video (two windows)
+    # too. GIF, not mp4: x264 here encodes the same frames to different files run to run
+    args = ["generate", "a red ball bounces", "--size", "64x48", "--seconds", 2, "--window", 1, "--steps", 2]
+    res = torchrun(["-m", "kinema.cli", *args, "--out", tmp_path / "two.gif"])
+    assert res.stdout.count("wrote ") == 1 + 1 and "sampling on 2 ranks" in res.stdout  # the video and its caption
+    subprocess.run([sys.executable, "-m", "kinema.cli", *map(str, args), "--out", str(tmp_path / "one.gif")],
+                   check=True, capture_output=True)  # fmt: skip
+    a, b = (read_video(tmp_path / f).frames for f in ("one.gif", "two.gif"))
+    assert a.shape == b.shape == (16, 48, 64, 3) and torch.equal(a, b)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".gif", ".txt")) == ["one.gif", "one.txt",
+                                                                                          "two.gif", "two.txt"]
