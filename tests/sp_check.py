@@ -1,7 +1,8 @@
 """Run under torchrun (gloo, CPU): the DiT with its sequences split over the ranks equals the DiT on
 one rank: the velocity (packed and unpacked, lengths not divisible by the group) and one training
-step's loss and gradients. Prints one line "max diff NAME VALUE" per check; rank 0 also prints
-the seconds a forward+backward took each way ("seconds sp/plain ...")."""
+step's loss and gradients. Rank 0 prints one line "max diff NAME VALUE" per check (the largest over
+the ranks) and, on stderr, the seconds a forward+backward took each way ("seconds sp/plain ...").
+With the arguments `sample OUT` it samples a clip of the world model instead (`sample`)."""
 
 import sys
 import time
@@ -59,7 +60,7 @@ def main() -> None:
     t = torch.tensor([0.3, 0.8])
     with torch.no_grad():
         a, b = plain(x, pos, t, text[:2], tmask[:2]), sp(x, pos, t, text[:2], tmask[:2])
-    print("max diff unpacked", (a - b).abs().max().item())
+    diffs = {"unpacked": (a - b).abs().max().item()}
 
     # packed: three samples of 12, 20 and 9 tokens and 2 of padding, per-token times (pinned frames at 0)
     grids = [(1, 3, 4), (2, 2, 5), (1, 3, 3)]
@@ -73,7 +74,7 @@ def main() -> None:
     with torch.no_grad():
         a, b = plain(x, pos, t, text, tmask, doc_ids=doc), sp(x, pos, t, text, tmask, doc_ids=doc)
     real = doc >= 0  # padding tokens (-1) see other padding, which the split pads further: not compared
-    print("max diff packed", (a - b)[0, real].abs().max().item())
+    diffs["packed"] = (a - b)[0, real].abs().max().item()
 
     # one training step: loss and gradients (each rank's are partial: summed over the group)
     seconds = {}
@@ -88,9 +89,13 @@ def main() -> None:
             want_loss, want = loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
     for p in sp.parameters():
         dist.all_reduce(p.grad, group=group)
-    print("max diff loss", abs(loss.item() - want_loss))
-    print("max diff grad", max((p.grad - want[n]).abs().max().item() for n, p in sp.named_parameters()))
+    diffs["loss"] = abs(loss.item() - want_loss)
+    diffs["grad"] = max((p.grad - want[n]).abs().max().item() for n, p in sp.named_parameters())
+    worst = torch.tensor(list(diffs.values()), dtype=torch.float64)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)  # over the ranks
     if dist.get_rank() == 0:
+        for name, value in zip(diffs, worst.tolist()):
+            print("max diff", name, value)
         print(f"seconds sp/plain {seconds['sp']:.4f} {seconds['plain']:.4f}", file=sys.stderr)
     dist.destroy_process_group()
 

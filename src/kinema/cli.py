@@ -95,7 +95,9 @@ _FOLLOWER = False  # under torchrun: a rank other than 0, which samples along bu
 
 def _pipeline(model: str, dtype: str | None = None, offload: str = "none", lora: list[str] | None = None):
     """The model, its LoRAs merged; under torchrun (WORLD_SIZE > 1) every rank samples each clip
-    together, its sequence split over them (`Pipeline.sequence_parallel`), and rank 0 writes."""
+    together (`Pipeline.sequence_parallel`): with an even number of ranks half compute guidance's
+    caption row and half its negative row (KINEMA_SPLIT_GUIDANCE=0: not), each half splitting the
+    sequence among its ranks; rank 0 writes."""
     global _FOLLOWER
     from kinema.pipeline import Pipeline
 
@@ -106,9 +108,12 @@ def _pipeline(model: str, dtype: str | None = None, offload: str = "none", lora:
         n = pipe.apply_lora(path, scale)
         _say(f"applied the LoRA {path} at scale {scale:g} ({n} weights)")
     if group is not None:
-        pipe.sequence_parallel(group)
+        world = int(os.environ["WORLD_SIZE"])
+        split = os.environ.get("KINEMA_SPLIT_GUIDANCE", "1") != "0" and world % 2 == 0
+        pipe.sequence_parallel(group, guidance_split=split)
         _FOLLOWER = pipe.follower
-        _say(f"sampling on {os.environ['WORLD_SIZE']} ranks, each sequence split among them")
+        how = "guidance's two rows on two halves of them, " if split else ""
+        _say(f"sampling on {world} ranks: {how}each sequence split among {world // 2 if split else world}")
     return pipe
 
 

@@ -559,7 +559,15 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.final = FinalLayer(D, config.token_dim, config.final_mod)
         self.sp_group = None
+        self.row_group = None
         self.init_weights()
+
+    def row_parallel(self, group) -> DiT:
+        """Split a batch of as many rows as `group` has ranks (guidance's caption and negative
+        caption) over them: rank r computes row r, and the rows are gathered (None: off). It
+        composes with `sequence_parallel` on the other dimension of a (rows x sequence) mesh."""
+        self.row_group = group
+        return self
 
     def sequence_parallel(self, group) -> DiT:
         """Split each sequence over the ranks of `group` (`kinema.parallel`; None: off). Every rank
@@ -705,6 +713,8 @@ class DiT(nn.Module):
                 f"got {tuple(text.shape)} and {tuple(text_mask.shape)}"
             )
         text_mask = text_mask.bool()
+        if self.row_group is not None and doc_ids is None and B > 1:
+            return self._row_parallel_forward(tokens, positions, t, text, text_mask, text_doc)
         if self.sp_group is not None:
             return self._sequence_parallel_forward(tokens, positions, t, text, text_mask, doc_ids, text_doc)
 
@@ -728,6 +738,26 @@ class DiT(nn.Module):
             else:
                 x = block(x, mod, cos, sin, context, masks, gate)  # (B, L, D)
         return self.final(x, c)  # (B, L, C*pt*ph*pw)
+
+    def _row_parallel_forward(self, tokens: Tensor, positions: Tensor, t: Tensor, text: Tensor, text_mask: Tensor,
+                              text_doc: Tensor | None) -> Tensor:  # fmt: skip
+        """`forward` of an unpacked batch with each rank of `row_group` computing one row."""
+        import torch.distributed as dist
+
+        B = tokens.shape[0]
+        R, r = dist.get_world_size(self.row_group), dist.get_rank(self.row_group)
+        if B != R:
+            raise KinemaError(f"a row-parallel forward takes {R} rows, one a rank; got {B}")
+        rows = text_doc if text_doc is not None else torch.arange(B, device=tokens.device)
+        row_group, self.row_group = self.row_group, None  # this rank's row: an ordinary forward
+        try:
+            mine = self.forward(tokens[r : r + 1], positions[r : r + 1] if positions.ndim == 3 else positions,
+                                t[r : r + 1], text, text_mask, text_doc=rows[r : r + 1])  # fmt: skip
+        finally:
+            self.row_group = row_group
+        parts = [torch.empty_like(mine) for _ in range(R)]
+        dist.all_gather(parts, mine.contiguous(), group=row_group)  # sampling only: no gradient through it
+        return torch.cat(parts)
 
     def _sequence_parallel_forward(self, tokens: Tensor, positions: Tensor, t: Tensor, text: Tensor,
                                    text_mask: Tensor, doc_ids: Tensor | None, text_doc: Tensor | None) -> Tensor:  # fmt: skip

@@ -46,6 +46,17 @@ def sequence_mesh(size: int, device_type: str = "cpu"):
     return init_device_mesh(device_type, (world // size, size), mesh_dim_names=("data", "sequence"))
 
 
+def row_sequence_mesh(device_type: str = "cpu"):
+    """The 2D mesh ("rows", "sequence") of all ranks for guided sampling: ranks [0, W/2) compute
+    the caption's row, [W/2, W) the negative caption's, each half splitting the sequence."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    if world % 2:
+        raise KinemaError(f"splitting guidance's two rows needs an even number of ranks; got {world}")
+    return init_device_mesh(device_type, (2, world // 2), mesh_dim_names=("rows", "sequence"))
+
+
 def sequence_group(size: int, device_type: str = "cpu"):
     """This rank's sequence-parallel process group (the "sequence" dimension of `sequence_mesh`)."""
     return sequence_mesh(size, device_type).get_group("sequence")

@@ -451,15 +451,23 @@ class Pipeline:
         return cls(dit, text, vae, expand=expand, defaults=spec.get("defaults"), name=str(name_or_path), device=dev,
                    offload=offload, folder=directory, kind="world" if expand else "kinema")  # fmt: skip
 
-    def sequence_parallel(self, group) -> Pipeline:
+    def sequence_parallel(self, group, guidance_split: bool = False) -> Pipeline:
         """Sample over the ranks of a process group (under torchrun): each sequence's tokens are
-        split among them in the DiT (`kinema.parallel`). Every rank calls the same task with the
-        same arguments and gets the same result; only the group's first rank writes a long
-        video's file (`follower` is True on the others). None: one process again."""
+        split among them in the DiT (`kinema.parallel`). guidance_split (an even number of ranks,
+        all of the world): half the ranks compute the caption's velocity and half the negative
+        caption's (`DiT.row_parallel`), each half splitting the sequence among its ranks. Every
+        rank calls the same task with the same arguments and gets the same result; only the first
+        rank writes a long video's file (`follower` is True on the others). None: one process."""
         import torch.distributed as dist
 
+        if group is not None and guidance_split:
+            from kinema.parallel import row_sequence_mesh
+
+            mesh = row_sequence_mesh(self.device.type)
+            self.dit.row_parallel(mesh.get_group("rows"))
+            group = mesh.get_group("sequence") if mesh["sequence"].size() > 1 else None
         self.dit.sequence_parallel(group)
-        self.follower = group is not None and dist.get_rank(group) != 0
+        self.follower = dist.is_initialized() and dist.get_rank() != 0
         return self
 
     def apply_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:

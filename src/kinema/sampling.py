@@ -230,8 +230,8 @@ def make_model_fn(
     patch = tuple(patch or dit.config.patch)
     dtype = next(dit.parameters()).dtype
     text = text.to(dtype)
-    if batch_rows is None:
-        batch_rows = text.device.type != "cpu"
+    if batch_rows is None:  # a DiT that splits rows over ranks (guidance on two ranks) takes them together
+        batch_rows = text.device.type != "cpu" or getattr(dit, "row_group", None) is not None
 
     def forward(x: Tensor, t: Tensor, rows: Tensor) -> Tensor:
         B, C, T, H, W = x.shape
