@@ -26,8 +26,12 @@ def sample(out: str) -> None:
     pipe = Pipeline.from_pretrained("world", device="cpu").sequence_parallel(sequence_group(dist.get_world_size()))
     res = pipe.generate("a red ball bounces on green grass", width=80, height=48, seconds=1, steps=3, seed=5,
                         progress=False)  # fmt: skip
+    # a frame large enough for the ranks to share its decode's tiles
+    big = pipe.generate("a red ball bounces on green grass", width=320, height=256, seconds=0.5, steps=1, seed=5,
+                        progress=False)  # fmt: skip
     if dist.get_rank() == 0:
-        save_file({"latent": res.latent.contiguous()}, out)
+        save_file({"latent": res.latent.contiguous(), "big_latent": big.latent.contiguous(),
+                   "big_frames": big.frames.contiguous()}, out)  # fmt: skip
     dist.destroy_process_group()
 
 

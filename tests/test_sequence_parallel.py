@@ -68,10 +68,22 @@ def test_torchrun_samples_the_clip_one_process_samples(tmp_path):
     from kinema.video import read_video
 
     torchrun([HERE / "sp_check.py", "sample", tmp_path / "split.safetensors"])
-    split = load_file(str(tmp_path / "split.safetensors"))["latent"]
-    one = Pipeline.from_pretrained("world", device="cpu").generate(
-        "a red ball bounces on green grass", width=80, height=48, seconds=1, steps=3, seed=5, progress=False).latent
-    assert split.shape == one.shape and (split - one).abs().max().item() <= 1e-4
+    saved = load_file(str(tmp_path / "split.safetensors"))
+    pipe = Pipeline.from_pretrained("world", device="cpu")
+    one = pipe.generate("a red ball bounces on green grass", width=80, height=48, seconds=1, steps=3, seed=5,
+                        progress=False).latent  # fmt: skip
+    assert saved["latent"].shape == one.shape and (saved["latent"] - one).abs().max().item() <= 1e-4
+    # the large clip: its decode's tiles were shared by the 2 ranks; one process decoding the same
+    # tiles gives the same frames
+    from kinema.data.cache import decode_latent
+    from kinema.pipeline import SPLIT_DECODE, split_tile
+
+    big = pipe.generate("a red ball bounces on green grass", width=320, height=256, seconds=0.5, steps=1, seed=5,
+                        progress=False).latent  # fmt: skip
+    assert min(big.shape[-2:]) >= SPLIT_DECODE and (saved["big_latent"] - big).abs().max().item() <= 1e-4
+    frames = decode_latent(pipe.vae, saved["big_latent"], tile=split_tile(big.shape[-2:], 2))
+    made = saved["big_frames"]  # the clip's frames: the decode's first 0.5 s x 8 fps
+    assert (frames[: len(made)].int() - made.int()).abs().max().item() <= 1
 
     # the command line: rank 0 writes, the other ranks write nothing; a long video (two windows)
     # too. GIF, not mp4: x264 here encodes the same frames to different files run to run

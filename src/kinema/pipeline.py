@@ -93,6 +93,17 @@ DEFAULT_KEYS = (*DEFAULTS, "fps_range")
 OFFLOAD = ("none", "text", "blocks")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONTEXT = 2  # latent frames of context for extend, long, loop and connect (1 + 4 = 5 pixel frames)
+SPLIT_DECODE = 32  # latent cells a side from which ranks sampling together share a decode's tiles
+
+
+def split_tile(hw: tuple[int, int], K: int) -> int:
+    """A tile side (latent cells) that cuts an h x w latent into at least K tiles along its longer
+    side (a quarter of each tile overlaps its neighbour), for K ranks to share."""
+    long_side = max(hw)
+    tile = max(8, math.ceil(long_side / (0.75 * K + 0.25)))  # K tiles of stride 3/4 tile cover the side
+    while tile > 8 and len(range(0, long_side - tile, tile - tile // 4)) + 1 < K:
+        tile -= 1
+    return tile
 Media = str | os.PathLike | Video | Tensor | np.ndarray
 # how a prompt becomes a caption (`Pipeline.read_prompt`): None (the model's default), a bool, "world",
 # "none", a language model SPEC ("openai:URL", "hf:DIR") or a `kinema.llm` chat
@@ -375,6 +386,7 @@ class Pipeline:
         self._style = None
         self._chats: dict = {}
         self.follower = False  # a rank of a sequence-parallel group other than its first (`sequence_parallel`)
+        self.decode_group = None  # the ranks that share a decode's tiles
         self.defaults = {**DEFAULTS, **(defaults or {})}
         if "fps_range" in self.defaults:  # a bad range is an error at load, not at the first video
             tasks.check_frame_rates(self.defaults["fps_range"])
@@ -466,6 +478,7 @@ class Pipeline:
             mesh = row_sequence_mesh(self.device.type)
             self.dit.row_parallel(mesh.get_group("rows"))
             group = mesh.get_group("sequence") if mesh["sequence"].size() > 1 else None
+        self.decode_group = dist.group.WORLD if group is not None or guidance_split else None
         self.dit.sequence_parallel(group)
         self.follower = dist.is_initialized() and dist.get_rank() != 0
         return self
@@ -579,9 +592,17 @@ class Pipeline:
 
     @torch.inference_mode()
     def decode(self, latent: Tensor) -> Tensor:
-        """Normalized latent (C, T, h, w) -> uint8 frames (1 + 4(T - 1), 8h, 8w, 3), a chunk at a time."""
+        """Normalized latent (C, T, h, w) -> uint8 frames (1 + 4(T - 1), 8h, 8w, 3), a chunk at a time.
+        Frames of at least SPLIT_DECODE latent cells a side, sampled by a group of ranks
+        (`sequence_parallel`), are decoded in spatial tiles the ranks share."""
         from kinema.data.cache import decode_latent
 
+        group = self.decode_group
+        if group is not None and min(latent.shape[-2:]) >= SPLIT_DECODE:
+            import torch.distributed as dist
+
+            tile = split_tile(latent.shape[-2:], dist.get_world_size(group))
+            return decode_latent(self.vae, latent, tile=tile, group=group)
         return decode_latent(self.vae, latent)
 
     def _text(self, caption: str, negative: str, guidance: float) -> tuple[Tensor, Tensor]:

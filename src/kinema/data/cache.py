@@ -125,13 +125,14 @@ def encode_frames(vae, frames: Tensor, chunk: int | None = None, tile: int | Non
     return vae.normalize_latent(z)[0].float().cpu()
 
 
-def decode_latent(vae, latent: Tensor) -> Tensor:
+def decode_latent(vae, latent: Tensor, tile: int | None = None, group=None) -> Tensor:
     """`encode_frames` undone: normalized latent (C, T', h, w) -> uint8 (1 + 4(T' - 1), 8h, 8w, 3),
-    decoded a latent frame at a time (memory bounded in the length)."""
+    decoded a latent frame at a time (memory bounded in the length). tile: spatial tiles (latent
+    cells); group: ranks that share those tiles (`VideoVAE.decode_stream`)."""
     from kinema.video import from_model
 
     z = vae.denormalize_latent(latent[None].to(vae.device, vae.dtype))
-    return torch.cat([from_model(x[0].float().cpu()) for x in vae.decode_stream(z, chunk=1)])
+    return torch.cat([from_model(x[0].float().cpu()) for x in vae.decode_stream(z, chunk=1, tile=tile, group=group)])
 
 
 @torch.inference_mode()

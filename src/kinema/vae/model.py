@@ -606,15 +606,26 @@ class VideoVAE(nn.Module):
         overlap: int,
         scale_in: int,
         scale_out: int,
+        group=None,
     ) -> Iterator[torch.Tensor]:
         """Run `net` over time splits of x, each cut in spatial tiles, yielding the outputs in order.
 
         Tiles are laid out in latent units; scale_in / scale_out are the pixels a latent unit
         spans at the input / output of `net` (8 / 1 to encode, 1 / 8 to decode). Each tile keeps
         its own causal cache across splits; overlapping outputs are blended with linear ramps.
+        group: a process group whose ranks share the tiles (rank r runs tiles r, r + K, ...) and
+        sum their blended parts: every rank gets the whole output. It needs at least K tiles.
         """
         hl, wl = x.shape[-2] // scale_in, x.shape[-1] // scale_in
         boxes = [(hs, ws) for hs in _tile_spans(hl, tile, overlap) for ws in _tile_spans(wl, tile, overlap)]
+        mine = range(len(boxes))
+        if group is not None:
+            import torch.distributed as dist
+
+            K, r = dist.get_world_size(group), dist.get_rank(group)
+            if len(boxes) < K:
+                raise KinemaError(f"splitting a decode over {K} ranks needs at least {K} tiles; got {len(boxes)}")
+            mine = range(r, len(boxes), K)
         caches: list[Cache | None] = [{} if len(splits) > 1 else None for _ in boxes]
         masks = [
             (
@@ -631,14 +642,20 @@ class VideoVAE(nn.Module):
                 yield net(xt, caches[0])
                 continue
             out = weight = None
-            for ((h0, h1), (w0, w1)), cache, mask in zip(boxes, caches, masks):
-                si, so = scale_in, scale_out
-                y = net(xt[..., h0 * si : h1 * si, w0 * si : w1 * si], cache)  # (B, Cout, n', h, w)
+            for i in mine:
+                (h0, h1), (w0, w1) = boxes[i]
+                si, so, mask = scale_in, scale_out, masks[i]
+                y = net(xt[..., h0 * si : h1 * si, w0 * si : w1 * si], caches[i])  # (B, Cout, n', h, w)
                 if out is None:
                     out = y.new_zeros(*y.shape[:3], hl * so, wl * so)
                     weight = y.new_zeros(hl * so, wl * so)
                 out[..., h0 * so : h1 * so, w0 * so : w1 * so] += y * mask
                 weight[h0 * so : h1 * so, w0 * so : w1 * so] += mask
+            if group is not None:  # every rank ran some tiles: the sum of the parts is the whole
+                import torch.distributed as dist
+
+                dist.all_reduce(out, group=group)
+                dist.all_reduce(weight, group=group)
             yield out / weight
 
     @staticmethod
@@ -672,7 +689,8 @@ class VideoVAE(nn.Module):
         return DiagonalGaussian(mean, logvar, size)
 
     def decode_stream(
-        self, z: torch.Tensor, *, chunk: int | None = 1, tile: int | None = None, overlap: int | None = None
+        self, z: torch.Tensor, *, chunk: int | None = 1, tile: int | None = None, overlap: int | None = None,
+        group=None,
     ) -> Iterator[torch.Tensor]:
         """Decode a latent chunk by chunk, yielding pixel frames (B, 3, n, 8h, 8w) in order:
         1 frame for the first latent frame, then 4 * chunk frames a chunk. Memory stays bounded
@@ -680,11 +698,12 @@ class VideoVAE(nn.Module):
 
         On Linux, glibc's malloc may keep freed chunk buffers and let resident memory creep over
         a long run; a fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=131072, or mallopt at start-up)
-        keeps it flat."""
+        keeps it flat. group: the ranks of a process group share the tiles (`_stream`)."""
         self._check_latent(z)
         overlap = self._check_chunking(chunk, tile, overlap)
         splits = self._splits(z.shape[2], 1, chunk)
-        return self._stream(self._decode_net, z.to(self.dtype), splits, tile, overlap, 1, self.config.spatial_factor)
+        return self._stream(self._decode_net, z.to(self.dtype), splits, tile, overlap, 1, self.config.spatial_factor,
+                            group)  # fmt: skip
 
     def decode(
         self, z: torch.Tensor, *, chunk: int | None = None, tile: int | None = None, overlap: int | None = None
