@@ -337,6 +337,51 @@ def edit_cmd(
                      expand=how, method=sampler, width=width, height=height, fit=fit), out, prompt)  # fmt: skip
 
 
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Option(..., "--model", help="A Kinema preset (tiny, small, b, l, xl_1b, xl_3b), a Wan config (wan2.1-1.3b, wan2.1-14b, wan2.2-ti2v-5b), a Kinema export folder (dit.json) or a diffusers Wan folder."),
+    size: str = typer.Option(..., help="WIDTHxHEIGHT of the video in pixels, e.g. 1920x1080 (rounded up to the model's grid)."),
+    seconds: float = typer.Option(..., help="Duration of one sample in seconds."),
+    fps: float = typer.Option(None, help="Frames a second (default: the model's; 12 for a Kinema preset, 16 for Wan 2.1, 24 for Wan 2.2)."),
+    gpus: int = typer.Option(1, help="GPUs in the job: FSDP2 shards the weights and optimizer state over all of them."),
+    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GB (10^9 bytes); 90% of it is planned for."),
+    sequence_parallel: int = typer.Option(1, "--sequence-parallel", help="K: each sample's tokens split over K GPUs (K divides --gpus and the heads)."),
+    training: bool = typer.Option(True, "--training/--sampling", help="Plan a training step (FSDP2, AdamW, EMA) or sampling (bf16 weights, one forward)."),
+    checkpointing: bool = typer.Option(True, "--checkpointing/--no-checkpointing", help="Training: recompute each block in the backward pass (keeps only the blocks' inputs)."),
+    precision: str = typer.Option("bf16", help="bf16 (autocast, as on a GPU) or fp32 activations."),
+    attention: str = typer.Option("flash", help="Training: flash, no N x N anywhere (flex attention, or one unmasked sample a sequence); dense, a packed sequence's N x N bool mask through SDPA (what `train dit` builds with attention=sdpa or sequence parallelism)."),
+    cfg_rows: int = typer.Option(2, "--cfg-rows", min=1, help="Sampling: rows in one forward (2: guidance in one batch, 1: none)."),
+) -> None:  # fmt: skip
+    """Tokens and the estimated memory of each GPU, term by term, and whether it fits.
+
+    Training: float32 master weights, gradients, AdamW moments and EMA sharded by FSDP2 over --gpus, the gathered units, activations with or without checkpointing, the backward's buffers; sampling: bfloat16 weights, one forward, the VAE decode. The formulas are in kinema/plan.py's doc; 10% of a GPU is left for the framework. When it does not fit, the smallest --sequence-parallel that does is named, or else the longest clip that fits.
+    """
+    from kinema.plan import degrees, fitting_degree, longest_seconds, model_spec, plan
+
+    width, height = parse_size(size)
+    spec = model_spec(model)
+    kw = dict(width=width, height=height, seconds=seconds, fps=fps, gpus=gpus, gpu_memory_gb=gpu_memory,
+              training=training, checkpointing=checkpointing, precision=precision, attention=attention, cfg_rows=cfg_rows)  # fmt: skip
+    p = plan(spec, sequence_parallel=sequence_parallel, **kw)
+    T, h, w = p["grid"]
+    how = f"training, {precision}, " + ("checkpointing" if checkpointing else "no checkpointing") if training else f"sampling, {cfg_rows} rows"
+    typer.echo(f"{p['model']}: {p['params'] / 1e9:.2f}B parameters ({spec.config.depth} blocks of {p['block_params'] / 1e6:.0f}M); {how}")
+    typer.echo(f"{p['frames']} frames at {p['fps']:g} fps -> {T} x {h} x {w} = {p['tokens']:,} tokens a sample; "
+               f"{p['tokens_per_rank']:,} a rank (sequence parallel {p['sequence_parallel']} of {gpus} GPUs)")  # fmt: skip
+    print_table([dict(term=r["term"], GiB=round(r["gib"], 2), peak="yes" if r["in_peak"] else "no", formula=r["formula"]) for r in p["rows"]])
+    verdict = "fits" if p["fits"] else "does not fit"
+    typer.echo(f"peak {p['peak_gib']:.1f} GiB a GPU, {p['budget_gib']:.1f} GiB usable (0.9 x {gpu_memory:g} GB): {verdict}")
+    if not p["fits"]:
+        k = fitting_degree(spec, **kw)
+        if k:
+            typer.echo(f"fits with --sequence-parallel {k}")
+            return
+        top = degrees(spec, gpus)[-1]
+        longest = longest_seconds(spec, sequence_parallel=top, **kw)
+        typer.echo(f"no --sequence-parallel that divides the GPUs and the {spec.config.heads} heads fits; with {top}, "
+                   + (f"the longest clip of this size that fits is {longest:.2f} s" if longest else "not even one frame fits"))  # fmt: skip
+
+
 # ---------------------------------------------------------------- the web page (kinema.serve)
 
 @app.command("serve")
