@@ -79,6 +79,10 @@ def main() -> None:
         a, b = plain(x, pos, t, text, tmask, doc_ids=doc), sp(x, pos, t, text, tmask, doc_ids=doc)
     real = doc >= 0  # padding tokens (-1) see other padding, which the split pads further: not compared
     diffs["packed"] = (a - b)[0, real].abs().max().item()
+    sp.attention = "flex"  # BlockMasks instead of dense masks: the self-attention one over all tokens
+    with torch.no_grad():
+        diffs["packed flex"] = (a - sp(x, pos, t, text, tmask, doc_ids=doc))[0, real].abs().max().item()
+    sp.attention = "sdpa"
 
     # one training step: loss and gradients (each rank's are partial: summed over the group)
     seconds = {}

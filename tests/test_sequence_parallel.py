@@ -38,7 +38,7 @@ def test_a_split_sequence_gives_the_velocity_loss_and_gradients_of_one_rank():
         if line.startswith("max diff "):
             name, value = line[len("max diff ") :].rsplit(" ", 1)
             diffs.setdefault(name, []).append(float(value))
-    assert set(diffs) == {"unpacked", "packed", "loss", "grad"} and all(len(v) == 1 for v in diffs.values())
+    assert set(diffs) == {"unpacked", "packed", "packed flex", "loss", "grad"} and all(len(v) == 1 for v in diffs.values())
     assert max(max(v) for v in diffs.values()) <= 1e-5, diffs
 
 

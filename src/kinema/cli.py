@@ -349,7 +349,7 @@ def plan_cmd(
     training: bool = typer.Option(True, "--training/--sampling", help="Plan a training step (FSDP2, AdamW, EMA) or sampling (bf16 weights, one forward)."),
     checkpointing: bool = typer.Option(True, "--checkpointing/--no-checkpointing", help="Training: recompute each block in the backward pass (keeps only the blocks' inputs)."),
     precision: str = typer.Option("bf16", help="bf16 (autocast, as on a GPU) or fp32 activations."),
-    attention: str = typer.Option("flash", help="Training: flash, no N x N anywhere (flex attention, or one unmasked sample a sequence); dense, a packed sequence's N x N bool mask through SDPA (what `train dit` builds with attention=sdpa or sequence parallelism)."),
+    attention: str = typer.Option("flash", help="Training: flash, no N x N anywhere (flex attention, or one unmasked sample a sequence); dense, a packed sequence's N x N bool mask through SDPA (what `train dit` builds with attention=sdpa, the default; attention=flex on a GPU holds none)."),
     cfg_rows: int = typer.Option(2, "--cfg-rows", min=1, help="Sampling: rows in one forward (2: guidance in one batch, 1: none)."),
 ) -> None:  # fmt: skip
     """Tokens and the estimated memory of each GPU, term by term, and whether it fits.

@@ -621,9 +621,12 @@ class DiT(nn.Module):
         return c, mod
 
     def _text_and_masks(
-        self, text: Tensor, text_mask: Tensor, B: int, L: int, doc_ids: Tensor | None, text_doc: Tensor | None
+        self, text: Tensor, text_mask: Tensor, B: int, L: int, doc_ids: Tensor | None, text_doc: Tensor | None,
+        mine: slice | None = None,
     ) -> tuple[Tensor, AttentionMasks, Tensor | None]:
-        """Caption keys, attention masks and per-token pooled caption vectors for one forward."""
+        """Caption keys, attention masks and per-token pooled caption vectors for one forward.
+        mine: the tokens this rank holds under sequence parallelism (the self-attention mask
+        spans all L tokens, the cross-attention mask and pooled vectors only these)."""
         Bt, Lt, _ = text.shape
         dev = text.device
         text = self.text_norm(text)  # (Bt, Lt, Dt)
@@ -654,23 +657,24 @@ class DiT(nn.Module):
         key_row = torch.arange(Bt, device=dev).repeat_interleave(Lt)  # (K,) K = Bt * Lt
         key_ok = text_mask.reshape(-1)  # (K,)
         context = rearrange(ctx, "bt lt d -> 1 (bt lt) d")  # (1, K, D)
-        pooled_tok = pooled[text_row][None] if pooled is not None else None  # (1, L, D)
+        first, last = (mine.start, mine.stop) if mine is not None else (0, L)  # the queries of cross-attention
+        pooled_tok = pooled[text_row[first:last]][None] if pooled is not None else None  # (1, L, D)
         # torch has no flex-attention backward on a CPU: there, training uses the SDPA masks
         # (same result), and flex serves inference
-        if self.attention == "flex" and self.sp_group is None and not (dev.type == "cpu" and torch.is_grad_enabled()):
+        if self.attention == "flex" and not (dev.type == "cpu" and torch.is_grad_enabled()):
 
             def same_doc(b, h, q, kv):
                 return doc_ids[q] == doc_ids[kv]
 
             def own_caption(b, h, q, kv):
-                return (text_row[q] == key_row[kv]) & key_ok[kv]
+                return (text_row[q + first] == key_row[kv]) & key_ok[kv]
 
             masks = AttentionMasks(
-                _block_mask(same_doc, L, L, doc_ids.device), _block_mask(own_caption, L, Bt * Lt, dev)
+                _block_mask(same_doc, L, L, doc_ids.device), _block_mask(own_caption, last - first, Bt * Lt, dev)
             )
         else:
             self_mask = (doc_ids[:, None] == doc_ids[None, :])[None, None]  # (1, 1, L, L)
-            cross_mask = ((text_row[:, None] == key_row[None, :]) & key_ok[None, :])[None, None]  # (1, 1, L, K)
+            cross_mask = ((text_row[first:last, None] == key_row[None, :]) & key_ok[None, :])[None, None]  # (1, 1, L, K)
             masks = AttentionMasks(self_mask, cross_mask)
         return context, masks, pooled_tok
 
@@ -779,14 +783,9 @@ class DiT(nn.Module):
                 doc_ids = F.pad(doc_ids, (0, pad), value=-1)  # padding: a document of its own
             else:
                 valid = torch.arange(padded, device=tokens.device) < L
-        context, masks, pooled = self._text_and_masks(text, text_mask, B, padded, doc_ids, text_doc)
-        cross = masks.cross_mask
-        if cross.shape[-2] != 1:  # (B, 1, L, K): this rank's rows
-            cross = cross[..., mine, :]
-        self_mask = masks.self_mask if valid is None else valid[None, None, None, :]  # real keys only
-        masks = AttentionMasks(self_mask, cross)
-        if pooled is not None and pooled.shape[1] != 1:
-            pooled = pooled[:, mine]
+        context, masks, pooled = self._text_and_masks(text, text_mask, B, padded, doc_ids, text_doc, mine)
+        if valid is not None:  # unpacked and padded: the real tokens are the only keys
+            masks = AttentionMasks(valid[None, None, None, :], masks.cross_mask)
         shared_t = doc_ids is None and bool((t[:, :L] == t[:, :1]).all())
         c, mod = self.conditioning(t[:, :1] if shared_t else t[:, mine], pooled)
         gate = self.cross_gate(F.silu(c)) if self.cross_gate is not None else None

@@ -72,10 +72,10 @@ AdamW, EMA of the trained parameters; the latents come from a cache, so no VAE i
                      the all-to-all adds 2 n D b while a tensor is in flight
     dense mask       only with --attention dense: a packed sequence through SDPA holds the bool
                      (N x N) block-diagonal mask, N^2 bytes, on every rank. That is what
-                     `kinema train dit` does with attention=sdpa (the default), and under
-                     sequence parallelism whatever `attention` says (flex is not used with an
-                     sp group), and on a CPU with gradients; --attention flash (the default
-                     here) assumes flex attention or one unmasked sample a sequence. Sampling
+                     `kinema train dit` does with attention=sdpa (the default), and on a CPU
+                     with gradients; --attention flash (the default here) assumes flex
+                     attention (attention=flex on a GPU, with or without sequence parallelism)
+                     or one unmasked sample a sequence. Sampling
                      runs one unmasked sample a row: no mask
 
 Sampling (--sampling; `Pipeline` with sequence parallelism: every rank holds the whole model):
