@@ -108,8 +108,9 @@ class DiTTrainConfig:
             under bfloat16 autocast, float32 master weights, optimizer and loss; auto: bf16 on a
             GPU and on a CPU that computes it natively, resolved once into config.json),
             checkpoint_every, keep_checkpoints;
-            init: an export folder whose weights (DiT and builtin text encoder, same shapes and
-            words) a new run starts from, fine-tuning; init_reset: parts of it drawn afresh
+            init: an export folder ("world": the shipped model) whose weights (DiT and builtin
+            text encoder, same shapes and words) a new run starts from, fine-tuning (under LoRA
+            the shapes are the export's own); init_reset: parts of it drawn afresh
             instead, each a dotted name of a module (e.g. "text_embed,text_pool,cross,cross_gate":
             the caption path), with the ordinary initialisation (cross-attention outputs at
             zero); modules the export lacks (a newer architecture) must be among them.
@@ -589,7 +590,7 @@ def _vocabulary(cfg: DiTTrainConfig, data, root: Path, d: Dist) -> WordTokenizer
     if path.is_file():
         return WordTokenizer(json.loads(path.read_text())["words"])
     if cfg.init:  # fine-tuning: the exported encoder's words
-        tok = BuiltinTextEncoder.load(cfg.init).tokenizer
+        tok = BuiltinTextEncoder.load(init_dir(cfg.init)).tokenizer
     else:
         texts = world_captions() if cfg.data == "world" else data.captions
         tok = WordTokenizer.from_texts(texts)
@@ -716,13 +717,21 @@ def _model_from_base(cfg: DiTTrainConfig, d: Dist, text_dim: int, tok: WordToken
         if config.text_dim != text_dim:
             raise KinemaError(f"the Wan base reads {config.text_dim}-wide caption tokens; the latent cache {cfg.data} "
                               f"stores {text_dim}-wide ones: encode it with `kinema data encode --model` of this base")
-    else:
-        config = cfg.dit_config(text_dim)
+    text_config = TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads)
+    if wan is None:  # a Kinema export: its own shapes (model, hidden, depth, text_* do not apply)
+        base = init_dir(cfg.init)
+        config = DiTConfig.from_dict(json.loads((base / DIT_CONFIG).read_text())) if (base / DIT_CONFIG).is_file() \
+            else cfg.dit_config(text_dim)  # fmt: skip
+        if cfg.text_encoder == "builtin" and (base / BuiltinTextEncoder.VOCAB).is_file():
+            text_config = TextEncoderConfig(**json.loads((base / BuiltinTextEncoder.VOCAB).read_text())["config"])
+        if config.text_dim != (text_config.dim if cfg.text_encoder == "builtin" else text_dim):
+            raise KinemaError(f"init: {base}'s DiT reads {config.text_dim}-wide caption tokens; this run's text "
+                              "encoder gives another width")  # fmt: skip
     with torch.device("meta"):
         dit = DiT(config, attention=cfg.attention, checkpointing=cfg.checkpointing).sequence_parallel(group)
         text = None
         if cfg.text_encoder == "builtin":
-            text = BuiltinTextEncoder(tok, TextEncoderConfig(dim=cfg.text_dim, depth=cfg.text_depth, heads=cfg.text_heads))
+            text = BuiltinTextEncoder(tok, text_config)
         model = FlowModel(dit, text)
         if cfg.lora_rank:
             try:
@@ -762,6 +771,15 @@ def _model_from_base(cfg: DiTTrainConfig, d: Dist, text_dim: int, tok: WordToken
     return model
 
 
+def init_dir(init: str) -> Path:
+    """The folder `init` names: "world" is the shipped world model, anything else a path."""
+    if init == "world":
+        from kinema.pipeline import WORLD_DIR
+
+        return WORLD_DIR
+    return Path(init)
+
+
 def base_tensors(cfg: DiTTrainConfig, config: DiTConfig):
     """(name in FlowModel, full tensor) of the base weights, read one at a time from init's files."""
     wan = cfg.wan_base
@@ -774,7 +792,7 @@ def base_tensors(cfg: DiTTrainConfig, config: DiTConfig):
         return
     from safetensors import safe_open
 
-    d = Path(cfg.init)
+    d = init_dir(cfg.init)
     files = [("dit", d / DIT_WEIGHTS)] + ([("text", d / BuiltinTextEncoder.WEIGHTS)] if cfg.text_encoder == "builtin" else [])
     for prefix, path in files:
         try:
@@ -829,7 +847,7 @@ def _init_from(run: Run, directory: str, reset: Sequence[str]) -> None:
     """Load an export's weights into a new run's model (and its EMA), but for the `reset` parts."""
     from safetensors.torch import load_file
 
-    d = Path(directory)
+    d = init_dir(directory)
     model = run.model
     if run.d.distributed:
         raise KinemaError("init loads into one process; start the run on one process, then resume under torchrun")
@@ -1022,7 +1040,7 @@ def _export_lora(run: Run, full: dict[str, Tensor], out: Path) -> Path:
     cfg = run.cfg
     peft_state = {k[len("dit.") :].replace(".default.", "."): v.float().contiguous()
                   for k, v in full.items() if k.startswith("dit.") and ".lora_" in k}  # fmt: skip
-    meta = {"base": str(Path(cfg.init).resolve()), "rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank,
+    meta = {"base": str(init_dir(cfg.init).resolve()), "rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank,
             "targets": list(cfg.lora_targets), "step": run.step}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     return save_lora(out / LORA_FILE, peft_state, cfg.lora_scale, wan=cfg.wan_base is not None, meta=meta)
