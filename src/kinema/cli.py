@@ -103,6 +103,10 @@ def _pipeline(model: str, dtype: str | None = None, offload: str = "none", lora:
 
     adapters = [_lora_arg(item) for item in lora or ()]  # a bad --lora fails before the model loads
     group = _torchrun_group()
+    if group is not None:
+        import torch.distributed as dist
+
+        _FOLLOWER = dist.get_rank() != 0
     pipe = Pipeline.from_pretrained(model, dtype=dtype, offload=offload)
     for path, scale in adapters:
         n = pipe.apply_lora(path, scale)
@@ -111,7 +115,6 @@ def _pipeline(model: str, dtype: str | None = None, offload: str = "none", lora:
         world = int(os.environ["WORLD_SIZE"])
         split = os.environ.get("KINEMA_SPLIT_GUIDANCE", "1") != "0" and world % 2 == 0
         pipe.sequence_parallel(group, guidance_split=split)
-        _FOLLOWER = pipe.follower
         how = "guidance's two rows on two halves of them, " if split else ""
         _say(f"sampling on {world} ranks: {how}each sequence split among {world // 2 if split else world}")
     return pipe

@@ -94,6 +94,10 @@ OFFLOAD = ("none", "text", "blocks")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONTEXT = 2  # latent frames of context for extend, long, loop and connect (1 + 4 = 5 pixel frames)
 SPLIT_DECODE = 32  # latent cells a side from which ranks sampling together share a decode's tiles
+Media = str | os.PathLike | Video | Tensor | np.ndarray
+# how a prompt becomes a caption (`Pipeline.read_prompt`): None (the model's default), a bool, "world",
+# "none", a language model SPEC ("openai:URL", "hf:DIR") or a `kinema.llm` chat
+Expand = bool | str | Callable | None
 
 
 def split_tile(hw: tuple[int, int], K: int) -> int:
@@ -104,10 +108,6 @@ def split_tile(hw: tuple[int, int], K: int) -> int:
     while tile > 8 and len(range(0, long_side - tile, tile - tile // 4)) + 1 < K:
         tile -= 1
     return tile
-Media = str | os.PathLike | Video | Tensor | np.ndarray
-# how a prompt becomes a caption (`Pipeline.read_prompt`): None (the model's default), a bool, "world",
-# "none", a language model SPEC ("openai:URL", "hf:DIR") or a `kinema.llm` chat
-Expand = bool | str | Callable | None
 
 
 @dataclass(frozen=True, eq=False)
