@@ -78,6 +78,14 @@ def test_the_cache_holds_the_wan_folders_latents_and_umt5_embeddings(wan, latent
     assert torch.equal(stored, full[0, : stored.shape[0]]) and not full[0, stored.shape[0] :].any()  # ... only cut
 
 
+def test_encode_with_a_model_says_what_it_needs(wan, tmp_path, monkeypatch, capsys):
+    args = ["data", "encode", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "lat"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--model", tmp_path)
+    assert code == 2 and "is not a diffusers Wan folder" in err
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--model", wan, "--vae", "world-vae")
+    assert code == 2 and "one of the two" in err
+
+
 def test_a_config_on_a_wan_base_reads_stored_text_and_trains_text_to_video(wan, latents):
     cfg = cfg_for(wan, latents)
     assert cfg.text_encoder == "stored" and cfg.condition_probs == {"none": 1.0}  # Wan 2.1 samples with "replace"

@@ -6,7 +6,6 @@ the sequence split, guidance's two rows split, or both."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -160,8 +160,6 @@ def caption_manifest(manifest: str | os.PathLike, chat, options: CaptionOptions 
     saves everything first, then raises KeyboardInterrupt (result.interrupted is set on it)."""
     from tqdm import tqdm
 
-    from kinema.data.manifest import read_caption
-
     options.check()
     manifest = Path(manifest)
     rows = read_rows(manifest)
@@ -177,7 +175,7 @@ def caption_manifest(manifest: str | os.PathLike, chat, options: CaptionOptions 
             row["caption"], row["captioned_by"] = entry["caption"], entry.get("captioned_by", "")
             result.resumed += 1
         elif options.overwrite or not str(row["caption"]).strip():
-            side = "" if options.overwrite else _sidecar_caption(Path(row["_file"]), read_caption)
+            side = "" if options.overwrite else _sidecar_caption(Path(row["_file"]))
             if side:  # a sidecar written since the index: read, not asked again
                 row["caption"] = side
                 result.skipped += 1
@@ -246,7 +244,10 @@ def caption_manifest(manifest: str | os.PathLike, chat, options: CaptionOptions 
     return result
 
 
-def _sidecar_caption(media: Path, read_caption) -> str:
+def _sidecar_caption(media: Path) -> str:
+    """The caption of a sidecar written since the index (an unreadable one: none)."""
+    from kinema.data.manifest import read_caption
+
     try:
         return read_caption(media)
     except KinemaError:
