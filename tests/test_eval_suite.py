@@ -88,7 +88,7 @@ def test_run_adds_the_task_metrics_to_the_cases_that_ask_them(model_dir, monkeyp
     assert len(loads) == 1  # one Pipeline answers the prompts and the tasks
 
     for r in results:
-        assert set(r.scores) == set(J.METRICS) | set(S.TASK_METRICS)
+        assert set(r.scores) == set(J.METRICS) | set(S.TASK_METRICS) | set(S.RELATIVE_METRICS)
     full, empty, unasked = (r.scores for r in results)
     assert all(full[m].value is not None for m in S.TASK_METRICS)
     assert empty["sdedit"].value is None and all(empty[m].value is not None for m in S.TASK_METRICS[:-1])

@@ -433,11 +433,11 @@ def test_cli_eval_world_writes_scores_report_and_pictures(tmp_path):
     doc = json.loads((out / "scores.json").read_text())
     assert doc["model"] == "real" and len(doc["clips"]) == len(S.quick())
     assert all(v >= S.CEILING for v in doc["aggregate"].values() if v is not None)
-    assert set(doc["clips"][0]["scores"]) == set(J.METRICS) | set(S.TASK_METRICS)  # the render answers the tasks
+    assert set(doc["clips"][0]["scores"]) == set(J.METRICS) | set(S.TASK_METRICS) | set(S.RELATIVE_METRICS)  # the render answers the tasks
     report = (out / "report.md").read_text()
     sheets = sorted((out / "clips").glob("*.png"))
     plots = sorted((out / "metrics").glob("*.png"))
-    assert len(sheets) == len(S.quick()) and {p.stem for p in plots} == set(J.METRICS) | set(S.TASK_METRICS) | {"overview"}
+    assert len(sheets) == len(S.quick()) and {p.stem for p in plots} == set(J.METRICS) | set(S.TASK_METRICS) | set(S.RELATIVE_METRICS) | {"overview"}
     for png in sheets[:1] + plots[:1]:
         assert f"{png.parent.name}/{png.name}" in report
         with Image.open(png) as im:

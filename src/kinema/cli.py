@@ -626,7 +626,7 @@ def train_dit_cmd(
 ) -> None:
     """Train the DiT with rectified flow on Kinema World (data=world) or a latent cache (data=FOLDER).
 
-    Keys: model (tiny, small, b, l, xl_1b, xl_3b), hidden, depth, heads, attention, checkpointing, text_encoder, text_dim, text_frozen (the builtin text encoder keeps its first weights), caption_dropout, shift_scale (more high-noise training for small latents), plain_shift_prob (a share of samples at the plain shift: the low-noise steps), data, vae, token_budget, sequences_per_step, steps, lr, warmup, decay_steps, grad_clip, ema_decay, seed, checkpoint_every, init (start from an export), init_reset (modules of it drawn afresh), world_* (clip sizes), world_cache (keep the encoded world in RUN/world_cache), world_workers (render that world in K processes first), world_single_prob (a share of plain one-object scenes), world_thing_weight (loss weight of the cells that hold objects); see DiTTrainConfig.
+    Keys: model (tiny, small, b, l, xl_1b, xl_3b), hidden, depth, heads, attention, checkpointing, text_encoder, text_dim, text_frozen (the builtin text encoder keeps its first weights), caption_dropout, shift_scale (more high-noise training for small latents), plain_shift_prob (a share of samples at the plain shift: the low-noise steps), data, vae, token_budget, sequences_per_step, steps, lr, warmup, decay_steps, grad_clip, ema_decay, seed, checkpoint_every, init (start from an export), init_reset (modules of it drawn afresh), world_* (clip sizes), world_cache (keep the encoded world in RUN/world_cache), world_workers (render that world in K processes first), world_single_prob (a share of plain one-object scenes), world_thing_weight (loss weight of the cells that hold objects), world_crop (native, or square: every clip cut to its centre square); see DiTTrainConfig.
 
     Many processes: torchrun --nproc_per_node N -m kinema.cli train dit RUN ... (FSDP2).
     """
@@ -716,7 +716,7 @@ def train_pack_cmd(
 @eval_app.command("world")
 def eval_world(
     model: str = typer.Option("real", help="'real' (Kinema World renders: the ceiling), 'baseline:frozen', 'baseline:shuffled', 'baseline:noise', 'vae:NAME' (the renders through that VAE and back: the ceiling of a DiT on it, e.g. vae:world-vae), or a model NAME / checkpoint PATH."),
-    suite: str = typer.Option("quick", help="Prompt suite: quick (16 small clips), full (28 clips, several sizes) or sizes (16 short clips from 32x32 to 1920x1080 and 1080x1920; slow on a CPU)."),
+    suite: str = typer.Option("quick", help="Prompt suite: quick (16 small clips), full (28 clips, several sizes), sizes (16 short clips from 32x32 to 1920x1080 and 1080x1920; slow on a CPU) or framing (the quick scenes with objects at 224x128 and 128x224; see eval framing)."),
     out: Path = typer.Option(Path("eval-world"), help="Folder for scores.json, report.md, clips/*.png and metrics/*.png."),
     seeds: int = typer.Option(1, min=1, help="Rounds of the suite, each with every case's seed moved by 100 (other noise, other real renders): the means pool all rounds, and each gets its spread between rounds, to tell a change from the luck of one draw."),
     steps: int = typer.Option(None, min=1, help="A model's sampling steps, in place of its default."),
@@ -744,6 +744,47 @@ def eval_world(
     if len(groups) > 1 and len(groups) < len(results):  # a suite of groups (sizes): one row a group
         print_table([{"group": g, **{m: "n/a" if v is None else v for m, v in row.items()}} for g, row in groups.items()])
     typer.echo(f"wrote {paths['scores']} and {paths['report']} (with clips/ and metrics/ PNGs)")
+
+
+@eval_app.command("framing")
+def eval_framing(
+    model: str = typer.Option("world", help="A model NAME ('world') or folder PATH; also 'real', 'baseline:KIND' or 'vae:NAME' as in eval world."),
+    sizes: str = typer.Option("wide=224x128,tall=128x224", help="The sizes to sample each prompt at: NAME=WIDTHxHEIGHT, comma-separated (a group each)."),
+    seeds: int = typer.Option(1, min=1, help="Rounds of the suite on seeds 100 apart; each figure gets its spread between rounds."),
+    seconds: float = typer.Option(2.0, min=0.25, help="Seconds a clip."),
+    fps: float = typer.Option(8.0, min=1.0, help="Frames a second."),
+    steps: int = typer.Option(None, min=1, help="A model's sampling steps, in place of its default."),
+    guidance: float = typer.Option(None, help="A model's classifier-free guidance, in place of its default."),
+    compose: bool = typer.Option(True, "--compose/--no-compose", help="Sizes beyond a model's training: compose at a trained size, then refine (default), or sample in one pass."),
+    out: Path = typer.Option(Path("eval-framing"), help="Folder for framing.json, scores.json, report.md and the clips' contact sheets."),
+) -> None:
+    """How a model frames what it is asked for: the quick suite's 15 scenes with objects, sampled at a widescreen and a vertical size on the same seeds; for each size the share of frames that hold the asked objects wholly inside the frame (the judge's detections: none touching the edge), beside real renders of the same prompts and seeds, and the judge's metrics (framing = model share / real share, at most 1)."""
+    from kinema.eval.report import write_report
+    from kinema.eval.suite import framing, framing_summary, run, seed_rounds, sources
+
+    groups = {}
+    for item in sizes.split(","):
+        name, _, size = item.partition("=")
+        if not name.strip() or not size:
+            raise KinemaError(f"--sizes takes NAME=WIDTHxHEIGHT, comma-separated; got {item!r}")
+        groups[name.strip()] = parse_size(size)
+    cases = seed_rounds(framing(groups, seconds, fps), seeds)
+    make, _ = sources(model, {"steps": steps, "guidance": guidance, "compose": None if compose else False})
+    results = run(make, cases, keep=True, progress=lambda name: typer.echo(f"judged {name}", err=True))
+    paths = write_report(out, model, "framing", results, rounds=seeds)
+    summary = dict(model=model, sizes={g: list(wh) for g, wh in groups.items()}, seconds=seconds, fps=fps, rounds=seeds,
+                   **framing_summary(results, seeds))  # fmt: skip
+    (out / "framing.json").write_text(json.dumps(summary, indent=1))
+    rows = []
+    for g, (w, h) in groups.items():
+        agg, spread, share = summary["groups"][g], summary["spread"][g], summary["shares"][g]
+        row = {"size": f"{g} {w}x{h}", "in view (model)": share["model"], "in view (real)": share["real"]}
+        for m in ("framing", "objects", "motion", "consistency"):
+            v = agg.get(m)
+            row[m] = "n/a" if v is None else f"{v:.2f}" + (f" ± {spread[m]:.2f}" if spread.get(m) is not None else "")
+        rows.append(row)
+    print_table(rows)
+    typer.echo(f"wrote {out / 'framing.json'} and {paths['report']}")
 
 
 @eval_app.command("words")

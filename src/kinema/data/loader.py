@@ -290,6 +290,9 @@ class ShardDataset(PackedSequences):
 # ---------------------------------------------------------------- Kinema World on the fly
 
 
+CROPS = ("native", "square")
+
+
 def world_captions(count: int = 300, seed: int = 0) -> list[str]:
     """Captions and short prompts of `count` random world scenes: enough text for the vocabulary
     of a builtin text encoder trained on Kinema World (the grammar's words saturate by ~100)."""
@@ -319,6 +322,9 @@ class WorldStream(PackedSequences):
     does not encode its world again. Rendering and encoding run in this process, on the VAE's
     device. single_prob: the share of plain one-object scenes (`clip_plan`); thing_weight: the
     loss weight of the latent cells that hold an object or a brush stroke (`weights`).
+    crop: "native" keeps each clip's own size and aspect ratio; "square" renders it at that size
+    and keeps the centre square of its shorter side, as trainers that crop every clip to a
+    square do (what falls outside is lost, though the caption still names it).
     """
 
     def __init__(
@@ -344,8 +350,12 @@ class WorldStream(PackedSequences):
         cache_dir: str | os.PathLike | None = None,
         single_prob: float = 0.0,
         thing_weight: float = 1.0,
+        crop: str = "native",
     ):
         super().__init__(token_budget, seed, rank, world_size, patch, window, pad)
+        if crop not in CROPS:
+            raise KinemaError(f"crop must be one of {', '.join(CROPS)}; got {crop!r}")
+        self.crop = crop
         if not 0 <= image_prob <= 1:
             raise KinemaError(f"image_prob must be in [0, 1]; got {image_prob}")
         if not 0 <= single_prob <= 1:
@@ -383,6 +393,8 @@ class WorldStream(PackedSequences):
             h.update(p.detach().float().cpu().numpy().tobytes())
         settings = dict(self.knobs, seed=self.seed, token_budget=self.token_budget, patch=list(self.patch),
                         max_frames=self.max_frames, image_prob=self.image_prob)  # fmt: skip
+        if self.crop != "native":  # only then: the fingerprint of a cache made without it stays
+            settings["crop"] = self.crop
         h.update(json.dumps(settings, sort_keys=True).encode())
         return h.hexdigest()[:16]
 
@@ -396,6 +408,9 @@ class WorldStream(PackedSequences):
         if i in self._plans:
             return self._plans[i]
         p = clip_plan(i, seed=self.seed, **self.knobs)
+        if self.crop == "square":  # rendered at its own size, then cut to the centre square
+            p["native"] = (p["width"], p["height"])
+            p["width"] = p["height"] = min(p["width"], p["height"])
         cfg = self.vae.config
         f, s = cfg.temporal_factor, cfg.spatial_factor
         n = max(1, round(p["seconds"] * p["fps"]))
@@ -511,17 +526,17 @@ class WorldStream(PackedSequences):
 
 def render_planned(p: dict, temporal_factor: int) -> tuple[np.ndarray, str]:
     """The frames (n, H, W, 3) uint8 and caption of a planned world clip: one frame for an image,
-    else 1 + temporal_factor (latent_frames - 1) frames."""
+    else 1 + temporal_factor (latent_frames - 1) frames. A plan with "native" (W, H) is rendered
+    at that size and its centre (width x height) cut out."""
     from kinema.world.render import render
 
-    if p["image_frame"] is not None:
-        n = p["image_frame"] + 1
-        clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
-        frames = clip.frames[-1:]
-    else:
-        n = 1 + temporal_factor * (p["latent_frames"] - 1)
-        clip = render(p["spec"], p["width"], p["height"], n / p["fps"], p["fps"], p["seed"], frames=n)
-        frames = clip.frames
+    W, H = p.get("native", (p["width"], p["height"]))
+    n = p["image_frame"] + 1 if p["image_frame"] is not None else 1 + temporal_factor * (p["latent_frames"] - 1)
+    clip = render(p["spec"], W, H, n / p["fps"], p["fps"], p["seed"], frames=n)
+    frames = clip.frames[-1:] if p["image_frame"] is not None else clip.frames
+    if (W, H) != (p["width"], p["height"]):
+        x0, y0 = (W - p["width"]) // 2, (H - p["height"]) // 2
+        frames = np.ascontiguousarray(frames[:, y0 : y0 + p["height"], x0 : x0 + p["width"]])
     return frames, clip.caption
 
 

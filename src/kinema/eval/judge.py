@@ -37,6 +37,9 @@ Metrics (each a `Score`; None where the prompt asks nothing it could check):
     horizon      one horizon where the world puts it: sky across the top rows, ground across the
                  bottom rows and nowhere above the ground line (a scene tiled at a size the model
                  never saw repeats its bands down the frame)
+    framing      (scored by the suite's runner, beside a real render of the same prompt and seed)
+                 the share of frames that hold the asked objects wholly inside the frame, against
+                 the real render's: a model that frames its subjects badly cuts them at the edge
 Task metrics (for the tasks of kinema.tasks): first_frame, seam, loop_seam, connect, sdedit.
 """
 
@@ -1432,6 +1435,39 @@ def judge(frames: np.ndarray, fps: float, spec: SceneSpec, seen: Seen | None = N
     """Every world metric of one clip; `seen` if it was already read."""
     seen = seen if seen is not None else see(frames, fps, spec)
     return {name: scorer(seen, spec) for name, scorer in SCORERS.items()}
+
+
+# ---------------------------------------------------------------- framing
+# Relative to a real render of the same prompt and seed (how much of the time the world itself
+# keeps the objects in view: one that leaves the frame is out of it on purpose), so it is scored
+# by the suite's runner, which has that render, not by `judge`.
+
+
+def framing_share(seen: Seen, spec: SceneSpec) -> float | None:
+    """The share of frames in which the asked objects are wholly inside the frame, the mean over
+    the objects: an object of a colour asked n times counts as in view in a frame for each of up to
+    n detections of that colour that do not touch the frame's edge (one behind the post is in
+    the frame, only hidden). None for a scene without objects."""
+    asked: dict[str, int] = {}
+    for o in spec.objects:
+        asked[o.color] = asked.get(o.color, 0) + 1
+    if not asked or seen.frames == 0:
+        return None
+    whole = 0.0
+    for color, n in asked.items():
+        for dets in seen.detections:
+            whole += min(n, sum(d.color == color and not d.edge for d in dets))
+    return whole / (seen.frames * len(spec.objects))
+
+
+def score_framing(share: float | None, real: float | None) -> Score:
+    """A clip's framing against the real render's: min(1, share / real). n/a without objects or
+    when the real render never shows them all whole."""
+    if share is None or real is None:
+        return NA("the prompt asks for no object")
+    if real <= 0:
+        return NA("the real render never shows the asked objects wholly in view")
+    return _score(share / real, f"asked objects wholly in view in {share:.0%} of frames (real render {real:.0%})")
 
 
 # ---------------------------------------------------------------- task metrics

@@ -46,6 +46,7 @@ ClipSource = Callable[[str, int, int, float, float, int], np.ndarray]
 TaskSource = Callable[["Case", np.ndarray], dict[str, J.Score]]  # (case, its real render) -> task scores
 BASELINES = ("frozen", "shuffled", "noise")
 TASK_METRICS = ("first_frame", "extend_seam", "loop_seam", "connect", "sdedit")
+RELATIVE_METRICS = ("framing",)  # scored against the real render of the same case (`run`)
 
 
 # ---------------------------------------------------------------- the suite
@@ -173,7 +174,38 @@ def sizes() -> list[Case]:
     return cases
 
 
-SUITES: dict[str, Callable[[], list[Case]]] = {"quick": quick, "full": full, "sizes": sizes}
+FRAMING_SIZES = {"wide": (224, 128), "tall": (128, 224)}  # inside the shipped world model's training
+
+
+def framing(sizes: dict[str, tuple[int, int]] | None = None, seconds: float = 2.0, fps: float = 8.0) -> list[Case]:
+    """The quick suite's scenes that ask for objects (15) at each size of `sizes` (group name ->
+    (width, height); default a widescreen and a vertical one), `seconds` at `fps`, on the quick
+    suite's seeds: the same prompts and seeds at every size. Names are GROUP: scene (`by_group`)."""
+    sizes = FRAMING_SIZES if sizes is None else sizes
+    if not sizes:
+        raise KinemaError("framing needs at least one size")
+    return [Case(f"{group}: {name}", spec, w, h, seconds, fps, seed)
+            for group, (w, h) in sizes.items() for name, spec, seed, *_ in _CORE if spec.objects]  # fmt: skip
+
+
+def framing_summary(results: list[ClipResult], rounds: int = 1) -> dict:
+    """Per group of `by_group` (a size of the framing suite): "groups" the `aggregate` of its clips,
+    "spread" its `round_spread` (empty for one round), "shares" the mean framing share of the
+    clips and of the real renders of the same cases ({"model", "real"}: the share of frames that
+    hold the asked objects wholly in view)."""
+    out: dict[str, dict] = {"groups": {}, "spread": {}, "shares": {}}
+    for g, rs in group_results(results).items():
+        out["groups"][g] = aggregate(rs)
+        out["spread"][g] = round_spread(rs, rounds) if rounds > 1 else {}
+        shares = {}
+        for k, who in enumerate(("model", "real")):
+            values = [r.framed[k] for r in rs if r.framed[k] is not None]
+            shares[who] = float(np.mean(values)) if values else None
+        out["shares"][g] = shares
+    return out
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {"quick": quick, "full": full, "sizes": sizes, "framing": framing}
 
 
 def suite(name: str) -> list[Case]:
@@ -361,12 +393,13 @@ class ClipResult:
     seconds: float  # to make and judge the clip (and its tasks)
     frames: np.ndarray | None = field(default=None, repr=False)
     seen: J.Seen | None = field(default=None, repr=False)
+    framed: tuple[float | None, float | None] = (None, None)  # framing shares: the clip's, the real render's
 
     def to_dict(self) -> dict:
         c = self.case
         return dict(name=c.name, prompt=c.prompt, spec=c.spec.to_dict(), width=c.width, height=c.height,
                     seconds=c.seconds, fps=c.fps, seed=c.seed, scores={k: v.to_dict() for k, v in self.scores.items()},
-                    judge_seconds=round(self.seconds, 3))  # fmt: skip
+                    framed=dict(zip(("model", "real"), self.framed)), judge_seconds=round(self.seconds, 3))  # fmt: skip
 
 
 def _check_frames(frames: np.ndarray, case: Case) -> np.ndarray:
@@ -381,19 +414,26 @@ def _check_frames(frames: np.ndarray, case: Case) -> np.ndarray:
 
 def run(make: ClipSource, cases: list[Case], keep: bool = False, progress: Callable[[str], None] | None = None,
         tasks: TaskSource | None = None) -> list[ClipResult]:  # fmt: skip
-    """Make every case's clip with `make` and judge it. `keep`: hold frames and what the judge
-    saw (for contact sheets). `tasks`: also score the task metrics, answered by `tasks` on the
-    real render of each case that asks them (n/a on the others)."""
+    """Make every case's clip with `make` and judge it, framing against the case's real render
+    (`J.score_framing`). `keep`: hold frames and what the judge saw (for contact sheets). `tasks`:
+    also score the task metrics, answered by `tasks` on the real render of each case that asks
+    them (n/a on the others)."""
     results = []
     for case in cases:
         start = time.perf_counter()
         frames = _check_frames(make(case.prompt, case.width, case.height, case.seconds, case.fps, case.seed), case)
         seen = J.see(frames, case.fps, case.spec)
         scores = J.judge(frames, case.fps, case.spec, seen)
+        real = render_case(case) if case.spec.objects or (tasks is not None and case.tasks) else None
+        share = real_share = J.framing_share(seen, case.spec)
+        if share is not None and not np.array_equal(real, frames):  # the real render itself frames as it does
+            real_share = J.framing_share(J.see(real, case.fps, case.spec), case.spec)
+        scores["framing"] = J.score_framing(share, real_share)
         if tasks is not None:
             unasked = {m: J.NA("the suite asks no tasks of this case") for m in TASK_METRICS}
-            scores |= tasks(case, render_case(case)) if case.tasks else unasked
-        results.append(ClipResult(case, scores, time.perf_counter() - start, frames if keep else None, seen if keep else None))
+            scores |= tasks(case, real) if case.tasks else unasked
+        results.append(ClipResult(case, scores, time.perf_counter() - start, frames if keep else None,
+                                  seen if keep else None, (share, real_share)))  # fmt: skip
         if progress is not None:
             progress(case.name)
     return results
@@ -409,14 +449,20 @@ def aggregate(results: list[ClipResult]) -> dict[str, float | None]:
     return out
 
 
-def by_group(results: list[ClipResult], metrics: tuple[str, ...] | None = None) -> dict[str, dict[str, float | None]]:
-    """Group (the part of a case name before ':'; the whole name without one) -> `aggregate` of
-    its clips, in the order groups first appear; `metrics` keeps those only."""
+def group_results(results: list[ClipResult]) -> dict[str, list[ClipResult]]:
+    """Group (the part of a case name before ':'; the whole name without one) -> its results, in
+    the order groups first appear."""
     groups: dict[str, list[ClipResult]] = {}
     for r in results:
         groups.setdefault(r.case.name.split(":", 1)[0], []).append(r)
+    return groups
+
+
+def by_group(results: list[ClipResult], metrics: tuple[str, ...] | None = None) -> dict[str, dict[str, float | None]]:
+    """Group (the part of a case name before ':'; the whole name without one) -> `aggregate` of
+    its clips, in the order groups first appear; `metrics` keeps those only."""
     out = {}
-    for g, rs in groups.items():
+    for g, rs in group_results(results).items():
         totals = aggregate(rs)
         out[g] = {m: totals.get(m) for m in metrics} if metrics else totals
     return out

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from kinema.data.cache import write_json
+from kinema.data.loader import CROPS
 from kinema.dit import PRESETS, DiT, DiTConfig
 from kinema.errors import KinemaError
 from kinema.lora import DEFAULT_TARGETS
@@ -98,7 +99,8 @@ class DiTTrainConfig:
             it all before the first step, to keep a GPU fed; world_single_prob: the share of
             plain one-object scenes under a still camera, a curriculum for small models;
             world_thing_weight: the loss weight of the latent cells that hold an object or a
-            brush stroke, a few per cent of the pixels; 1: the plain mean) or a latent cache
+            brush stroke, a few per cent of the pixels; 1: the plain mean; world_crop: native
+            sizes, or "square": each clip cut to the centre square of its shorter side) or a latent cache
             folder from `kinema data encode`;
             token_budget: tokens a packed sequence; sequences_per_step: G, the global batch in
             sequences (a multiple of the number of ranks); condition_probs: frame-conditioning mix
@@ -170,6 +172,7 @@ class DiTTrainConfig:
     world_workers: int = 0
     world_single_prob: float = 0.0
     world_thing_weight: float = 1.0
+    world_crop: str = "native"
     condition_probs: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONDITION_PROBS))
 
     steps: int = 1000
@@ -248,8 +251,10 @@ class DiTTrainConfig:
             problems.append(f"world_single_prob must be in [0, 1]; got {self.world_single_prob}")
         if not self.world_thing_weight > 0:
             problems.append(f"world_thing_weight must be positive; got {self.world_thing_weight}")
-        if self.data != "world" and (self.world_single_prob > 0 or self.world_thing_weight != 1):
-            problems.append("world_single_prob and world_thing_weight shape Kinema World data (data=world), "
+        if self.world_crop not in CROPS:
+            problems.append(f"world_crop must be one of {', '.join(CROPS)}; got {self.world_crop!r}")
+        if self.data != "world" and (self.world_single_prob > 0 or self.world_thing_weight != 1 or self.world_crop != "native"):
+            problems.append("world_single_prob, world_thing_weight and world_crop shape Kinema World data (data=world), "
                             f"not {self.data!r}")  # fmt: skip
         if self.world_workers < 0:
             problems.append(f"world_workers must be >= 0; got {self.world_workers}")
@@ -616,7 +621,7 @@ def _make_data(cfg: DiTTrainConfig, d: Dist, patch, root: Path):
             image_prob=cfg.world_image_prob, epoch_size=cfg.world_epoch_size,
             clips=cfg.world_clips or None, cache=cfg.world_cache,
             cache_dir=root / "world_cache" if cfg.world_cache and cfg.world_clips else None,
-            single_prob=cfg.world_single_prob, thing_weight=cfg.world_thing_weight,
+            single_prob=cfg.world_single_prob, thing_weight=cfg.world_thing_weight, crop=cfg.world_crop,
         )  # fmt: skip
         if cfg.world_workers and cfg.world_clips and cfg.world_cache:
             if d.is_main:  # the other ranks read the files it writes
@@ -929,7 +934,7 @@ def train_step(run: Run) -> dict[str, float]:
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
     metrics = dict(loss=loss, grad_norm=float(norm), lr=lr, tokens=tokens, tokens_per_s=tokens / seconds,
-                   step_s=seconds)  # fmt: skip
+                   step_s=seconds, flops=flops)  # fmt: skip
     if run.peak_flops:
         metrics["mfu"] = flops / seconds / (run.peak_flops * d.world_size)
     return metrics

@@ -1,0 +1,281 @@
+"""The report's two training findings, reproduced on Kinema World with the world judge in place of
+its pictures.
+
+    python benchmarks/training_findings.py scaling   # quality against training compute, 1 : 4 : 16
+    python benchmarks/training_findings.py aspect    # native aspect ratios against square crops
+
+Both train the same small DiT (the shipped world model's shape: `tiny`, a frozen builtin text
+encoder, on world-vae latents) from scratch on the same fixed world of rendered clips, one
+process a run, and write their tables and strips into docs/ (`--docs`).
+
+scaling  One run, stopped at each budget (base steps x 1, 4, 16), exported, and resumed exactly.
+         The learning rate is constant after warm-up and the EMA's decay depends on the step only,
+         so the run stopped at a budget is the run trained for that budget. Each export is scored
+         with `kinema eval world --seeds 2` (quick suite) and `kinema eval words`; the table gives
+         the judge's means with their spread between the two rounds against FLOPs (the trainer's
+         count: 3 x the matmul FLOPs of each packed sequence) and CPU hours (seconds a step x
+         threads). The strip is the same prompt and seed from each budget.
+aspect   Two runs of the same size and compute (the same steps of the same token budget): one on
+         the world's native sizes (widescreen, vertical, square, packed together: the scaling
+         run's 4x stage), one on the same clips cut to the centre square of their shorter side
+         (world_crop=square). Both are sampled at a widescreen and a vertical size on the same
+         prompts and seeds (`kinema eval framing`): the share of frames that hold every asked
+         object wholly in view, beside real renders, and the judge's metrics, with spreads.
+
+Everything resumes: a budget whose export exists is not trained again, a run stopped mid-stage
+continues from its last checkpoint, and a finished evaluation is read back from its scores.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+# the recipe of every run: the shipped world model's shape and curriculum, sized for a CPU
+RECIPE = {
+    "vae": "world-vae",
+    "model": "tiny",
+    "text_frozen": "true",
+    "shift_scale": "12",
+    "plain_shift_prob": "0.5",
+    "token_budget": "1024",
+    "sequences_per_step": "2",
+    "lr": "5e-4",
+    "warmup": "50",
+    "world_min_side": "64",
+    "world_max_side": "112",
+    "world_min_seconds": "1",
+    "world_max_seconds": "2",
+    "world_image_prob": "0.1",
+    "world_single_prob": "0.3",
+    "world_thing_weight": "4",
+    "world_clips": "1500",
+    "world_cache": "true",
+    "world_workers": "1",  # render and encode the fixed world before the first step: steps time training only
+    "seed": "0",
+    "keep_checkpoints": "2",
+}
+STRIP_PROMPT = "a large red ball falls onto green grass under a light blue sky"
+STRIP_SIZE, STRIP_SECONDS, STRIP_FPS, STRIP_SEED = (192, 112), 2.0, 8.0, 3
+FRAMING_SIZES = "wide=192x112,tall=112x192"  # inside the native run's sizes (short side 64 - 112)
+JUDGE_METRICS = ("objects", "motion", "consistency", "permanence", "gravity", "persistence", "camera")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def kinema(*args: str, threads: int) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), KINEMA_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    subprocess.run([sys.executable, "-m", "kinema.cli", *args], check=True, env=env)
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_to(run: Path, steps: int, out: Path, threads: int, crop: str = "native") -> Path:
+    """Train (or resume) `run` to `steps` and copy its export to `out` with stage.json (steps,
+    FLOPs, seconds, CPU hours); a stage already exported is kept as it is."""
+    if (out / "stage.json").is_file():
+        return out
+    sets = {**RECIPE, "steps": str(steps), "checkpoint_every": "100", "world_crop": crop}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    log(f"== training {run.name} to step {steps} ({threads} thread{'s' * (threads > 1)})")
+    kinema("train", "dit", str(run), *args, threads=threads)
+    rows = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():  # a resumed step's last record counts
+        r = json.loads(line)
+        rows[r["step"]] = r
+    done = [rows[s] for s in sorted(rows) if s <= steps]
+    if len(done) != steps:
+        raise SystemExit(f"{run}/metrics.jsonl holds {len(done)} of the {steps} steps")
+    seconds = sum(r["step_s"] for r in done)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run / "export", tmp)
+    stage = dict(steps=steps, crop=crop, flops=sum(r.get("flops", 0.0) for r in done), seconds=seconds,
+                 threads=threads, cpu_hours=seconds * threads / 3600, tokens=sum(r["tokens"] for r in done),
+                 loss_last_50=statistics.mean(r["loss"] for r in done[-50:]))  # fmt: skip
+    (tmp / "stage.json").write_text(json.dumps(stage, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def judge(model: Path, out: Path, seeds: int, threads: int) -> dict:
+    """`kinema eval world --model MODEL --seeds N` (quick suite): aggregate and spread."""
+    if not (out / "scores.json").is_file():
+        log(f"== judging {model.name}")
+        kinema("eval", "world", "--model", str(model), "--seeds", str(seeds), "--out", str(out), threads=threads)
+    return json.loads((out / "scores.json").read_text())
+
+
+def words(model: Path, out: Path, threads: int) -> list[dict]:
+    """`kinema eval words`: which caption words the model reads (rows of attribute, t, share)."""
+    path = out / "words.json"
+    if not path.is_file():
+        import torch
+
+        from kinema.eval.words import read_words
+        from kinema.pipeline import Pipeline
+
+        torch.set_num_threads(threads)
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(read_words(Pipeline.from_pretrained(str(model))), indent=1))
+    return json.loads(path.read_text())
+
+
+def framing(model: Path, out: Path, seeds: int, threads: int) -> dict:
+    """`kinema eval framing` at a widescreen and a vertical size, one pass (no composition)."""
+    if not (out / "framing.json").is_file():
+        log(f"== framing {model.name}")
+        kinema("eval", "framing", "--model", str(model), "--seeds", str(seeds), "--sizes", FRAMING_SIZES,
+               "--no-compose", "--out", str(out), threads=threads)  # fmt: skip
+    return json.loads((out / "framing.json").read_text())
+
+
+def strip(models: dict[str, Path], path: Path, threads: int, sizes: list[tuple[int, int]] | None = None) -> None:
+    """One row a model (and the real render): 6 frames of the same prompt and seed, labelled."""
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    from kinema.eval.suite import real_source
+    from kinema.pipeline import Pipeline
+
+    torch.set_num_threads(threads)
+    sizes = sizes or [STRIP_SIZE]
+    rows: list[tuple[str, np.ndarray]] = []
+    for w, h in sizes:
+        tag = f" {w}x{h}" if len(sizes) > 1 else ""
+        rows.append((f"real render{tag}", real_source(STRIP_PROMPT, w, h, STRIP_SECONDS, STRIP_FPS, STRIP_SEED)))
+        for name, model in models.items():
+            pipe = Pipeline.from_pretrained(str(model))
+            pipe.dit.config = replace(pipe.dit.config, trained_extent=None)  # one pass at every size, as judged
+            clip = pipe.generate(STRIP_PROMPT, w, h, STRIP_SECONDS, STRIP_FPS, seed=STRIP_SEED, expand=False, progress=False)
+            rows.append((f"{name}{tag}", clip.frames.numpy()))
+    font, label_w, gap, count = ImageFont.load_default(), 150, 4, 6
+    widths = [label_w + count * (f.shape[2] + gap) for _, f in rows]
+    sheet = Image.new("RGB", (max(widths) + gap, sum(f.shape[1] + gap for _, f in rows) + 20), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((gap, 4), f'"{STRIP_PROMPT}", seed {STRIP_SEED}, {STRIP_SECONDS:g} s at {STRIP_FPS:g} fps', fill="black", font=font)
+    y = 20
+    for name, frames in rows:
+        draw.text((gap, y + frames.shape[1] // 2 - 5), name, fill="black", font=font)
+        for k, t in enumerate(np.linspace(0, len(frames) - 1, count).round().astype(int)):
+            sheet.paste(Image.fromarray(frames[t]), (label_w + k * (frames.shape[2] + gap), y))
+        y += frames.shape[1] + gap
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def _pm(mean, spread) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
+
+
+def _words_row(rows: list[dict], t: float = 0.8) -> dict[str, float | None]:
+    return {r["attribute"]: r["share"] for r in rows if r["t"] == t}
+
+
+# ---------------------------------------------------------------- the two findings
+
+
+def scaling(args) -> str:
+    run = args.out / "native"
+    budgets = [args.base_steps * r for r in args.ratios]
+    stages = {}
+    for steps in sorted(budgets):
+        stages[steps] = train_to(run, steps, args.out / "exports" / f"native-{steps}", args.threads)
+    scores = {s: judge(p, args.out / "eval" / p.name, args.seeds, args.threads) for s, p in stages.items()}
+    reads = {s: words(p, args.out / "eval" / p.name, args.threads) for s, p in stages.items()}
+    real = judge(Path("real"), args.out / "eval" / "real", args.seeds, args.threads)
+    strip({f"{s // args.base_steps}x ({s} steps)": p for s, p in stages.items()}, args.docs / "compute_scaling.png", args.threads)
+
+    base = budgets[0]
+    info = {s: json.loads((p / "stage.json").read_text()) for s, p in stages.items()}
+    head = ["compute", "steps", "GFLOPs", "CPU hours", "train loss", *JUDGE_METRICS, "mean"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---:" for _ in head) + " |"]
+    for s in budgets:
+        agg, spread, st = scores[s]["aggregate"], scores[s]["spread"], info[s]
+        means = [agg.get(m) for m in JUDGE_METRICS]
+        overall = statistics.mean(v for v in means if v is not None)
+        cells = [f"{s // base}x", str(s), f"{st['flops'] / 1e9:,.0f}", f"{st['cpu_hours']:.2f}", f"{st['loss_last_50']:.3f}",
+                 *(_pm(agg.get(m), spread.get(m)) for m in JUDGE_METRICS), f"{overall:.3f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    ragg, rspread = real["aggregate"], real["spread"]
+    cells = ["real renders", "", "", "", "", *(_pm(ragg.get(m), rspread.get(m)) for m in JUDGE_METRICS),
+             f"{statistics.mean(ragg[m] for m in JUDGE_METRICS if ragg.get(m) is not None):.3f}"]  # fmt: skip
+    lines.append("| " + " | ".join(cells) + " |")
+    attrs = list(_words_row(reads[budgets[0]]))
+    lines += ["", "Caption words read (`kinema eval words`, share at t = 0.8; 0: not read, about 1: read as the real change):", "",
+              "| compute | " + " | ".join(attrs) + " |", "| --- | " + " | ".join("---:" for _ in attrs) + " |"]  # fmt: skip
+    for s in budgets:
+        row = _words_row(reads[s])
+        lines.append(f"| {s // base}x | " + " | ".join("n/a" if row[a] is None else f"{row[a]:.2f}" for a in attrs) + " |")
+    return "\n".join(lines)
+
+
+def aspect(args) -> str:
+    steps = args.base_steps * args.aspect_ratio
+    arms = {
+        "native": train_to(args.out / "native", steps, args.out / "exports" / f"native-{steps}", args.threads),
+        "square": train_to(args.out / "square", steps, args.out / "exports" / f"square-{steps}", args.threads, crop="square"),
+    }
+    frames = {a: framing(p, args.out / "framing" / p.name, args.seeds, args.threads) for a, p in arms.items()}
+    sizes = [tuple(int(v) for v in spec.split("=")[1].split("x")) for spec in FRAMING_SIZES.split(",")]
+    strip({f"{a} ({steps} steps)": p for a, p in arms.items()}, args.docs / "native_vs_square.png", args.threads, sizes)
+
+    groups = list(frames["native"]["groups"])
+    metrics = ["framing", "objects", "motion", "consistency"]
+    head = ["training", *(f"{g}: {m}" for g in groups for m in metrics)]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---:" for _ in head) + " |"]
+    for a, doc in frames.items():
+        cells = [f"{a} ({steps} steps)"]
+        for g in groups:
+            row, spread = doc["groups"][g], doc["spread"].get(g, {})
+            cells += [_pm(row.get(m), spread.get(m)) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Share of frames with every asked object wholly in view (model / real renders of the same prompts and seeds):", "",
+              "| training | " + " | ".join(f"{g}: model | {g}: real" for g in groups) + " |",
+              "| --- | " + " | ".join("---: | ---:" for _ in groups) + " |"]  # fmt: skip
+    for a, doc in frames.items():
+        lines.append(f"| {a} | " + " | ".join(f"{doc['shares'][g]['model']:.3f} | {doc['shares'][g]['real']:.3f}" for g in groups) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    p.add_argument("finding", choices=("scaling", "aspect"))
+    p.add_argument("--out", type=Path, default=Path("runs/findings"), help="runs, exports and evaluations")
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="where the tables (markdown) and strips (PNG) go")
+    p.add_argument("--base-steps", type=int, default=200, help="optimizer steps of the smallest budget")
+    p.add_argument("--ratios", type=lambda s: [int(v) for v in s.split(",")], default=[1, 4, 16], help="budgets in base steps")
+    p.add_argument("--aspect-ratio", type=int, default=4, help="the aspect runs' budget, in base steps")
+    p.add_argument("--seeds", type=int, default=2, help="rounds of each evaluation suite (spread between rounds)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each process (one process at a time)")
+    args = p.parse_args()
+    start = time.perf_counter()
+    table = scaling(args) if args.finding == "scaling" else aspect(args)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    (args.docs / f"{args.finding}_table.md").write_text(table + "\n")
+    print(table)
+    log(f"{args.finding}: {time.perf_counter() - start:.0f} s; table in {args.docs / f'{args.finding}_table.md'}")
+
+
+if __name__ == "__main__":
+    main()
