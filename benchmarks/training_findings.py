@@ -85,7 +85,7 @@ def kinema(*args: str, threads: int) -> None:
 
 def train_to(run: Path, steps: int, out: Path, threads: int, crop: str = "native") -> Path:
     """Train (or resume) `run` to `steps` and copy its export to `out` with stage.json (steps,
-    FLOPs, seconds, CPU hours); a stage already exported is kept as it is."""
+    FLOPs, seconds, CPU hours: the sum of the steps' process CPU time); a stage already exported is kept as it is."""
     if (out / "stage.json").is_file():
         return out
     sets = {**RECIPE, "steps": str(steps), "checkpoint_every": "100", "world_crop": crop}
@@ -100,11 +100,12 @@ def train_to(run: Path, steps: int, out: Path, threads: int, crop: str = "native
     if len(done) != steps:
         raise SystemExit(f"{run}/metrics.jsonl holds {len(done)} of the {steps} steps")
     seconds = sum(r["step_s"] for r in done)
+    cpu = sum(r["cpu_s"] for r in done)  # the process's CPU time a step: what another process sharing the cores cost is not in it
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(run / "export", tmp)
     stage = dict(steps=steps, crop=crop, flops=sum(r.get("flops", 0.0) for r in done), seconds=seconds,
-                 threads=threads, cpu_hours=seconds * threads / 3600, tokens=sum(r["tokens"] for r in done),
+                 threads=threads, cpu_hours=cpu / 3600, tokens=sum(r["tokens"] for r in done),
                  loss_last_50=statistics.mean(r["loss"] for r in done[-50:]))  # fmt: skip
     (tmp / "stage.json").write_text(json.dumps(stage, indent=1))
     shutil.rmtree(out, ignore_errors=True)
@@ -187,6 +188,24 @@ def _pm(mean, spread) -> str:
     return f"{mean:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
 
 
+def _overall(doc: dict, metrics=JUDGE_METRICS) -> tuple[float, float | None]:
+    """The mean of the judge's metrics in a scores.json, and its spread between the rounds."""
+    rounds = doc.get("rounds", 1)
+    clips = doc["clips"]
+    n = len(clips) // rounds
+
+    def mean_of(part: list[dict]) -> float:
+        per_metric = []
+        for m in metrics:
+            values = [c["scores"][m]["score"] for c in part if c["scores"].get(m, {}).get("score") is not None]
+            if values:
+                per_metric.append(statistics.mean(values))
+        return statistics.mean(per_metric)
+
+    rounds_means = [mean_of(clips[k * n : (k + 1) * n]) for k in range(rounds)]
+    return mean_of(clips), (float(np.std(rounds_means)) if rounds > 1 else None)
+
+
 def _words_row(rows: list[dict], t: float = 0.8) -> dict[str, float | None]:
     return {r["attribute"]: r["share"] for r in rows if r["t"] == t}
 
@@ -194,7 +213,7 @@ def _words_row(rows: list[dict], t: float = 0.8) -> dict[str, float | None]:
 # ---------------------------------------------------------------- the two findings
 
 
-def scaling(args) -> str:
+def scaling(args) -> tuple[str, str]:
     run = args.out / "native"
     budgets = [args.base_steps * r for r in args.ratios]
     stages = {}
@@ -209,16 +228,14 @@ def scaling(args) -> str:
     info = {s: json.loads((p / "stage.json").read_text()) for s, p in stages.items()}
     head = ["compute", "steps", "GFLOPs", "CPU hours", "train loss", *JUDGE_METRICS, "mean"]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---:" for _ in head) + " |"]
+    overall = {s: _overall(scores[s]) for s in budgets}
     for s in budgets:
         agg, spread, st = scores[s]["aggregate"], scores[s]["spread"], info[s]
-        means = [agg.get(m) for m in JUDGE_METRICS]
-        overall = statistics.mean(v for v in means if v is not None)
         cells = [f"{s // base}x", str(s), f"{st['flops'] / 1e9:,.0f}", f"{st['cpu_hours']:.2f}", f"{st['loss_last_50']:.3f}",
-                 *(_pm(agg.get(m), spread.get(m)) for m in JUDGE_METRICS), f"{overall:.3f}"]  # fmt: skip
+                 *(_pm(agg.get(m), spread.get(m)) for m in JUDGE_METRICS), _pm(*overall[s])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     ragg, rspread = real["aggregate"], real["spread"]
-    cells = ["real renders", "", "", "", "", *(_pm(ragg.get(m), rspread.get(m)) for m in JUDGE_METRICS),
-             f"{statistics.mean(ragg[m] for m in JUDGE_METRICS if ragg.get(m) is not None):.3f}"]  # fmt: skip
+    cells = ["real renders", "", "", "", "", *(_pm(ragg.get(m), rspread.get(m)) for m in JUDGE_METRICS), _pm(*_overall(real))]
     lines.append("| " + " | ".join(cells) + " |")
     attrs = list(_words_row(reads[budgets[0]]))
     lines += ["", "Caption words read (`kinema eval words`, share at t = 0.8; 0: not read, about 1: read as the real change):", "",
@@ -226,10 +243,21 @@ def scaling(args) -> str:
     for s in budgets:
         row = _words_row(reads[s])
         lines.append(f"| {s // base}x | " + " | ".join("n/a" if row[a] is None else f"{row[a]:.2f}" for a in attrs) + " |")
-    return "\n".join(lines)
+
+    means = [overall[s][0] for s in budgets]
+    rising = all(b > a for a, b in zip(means, means[1:]))
+    gap = means[-1] - means[0]
+    noise = float(np.hypot(overall[budgets[0]][1] or 0.0, overall[budgets[-1]][1] or 0.0))
+    verdict = (f"the judge's mean goes {' -> '.join(f'{m:.3f}' for m in means)} over "
+               f"{' : '.join(str(s // base) for s in budgets)} compute; {budgets[-1] // base}x against 1x: "
+               f"{gap:+.3f}, spreads between rounds combined {noise:.3f}. ")
+    verdict += ("Reproduced: quality grows with compute at every step of the ladder." if rising and gap > 2 * noise
+                else "Not reproduced on these budgets: the mean does not rise at every step beyond the spread." if not rising
+                else "Weakly: the mean rises at every step, but the whole gain is within twice the spread.")
+    return "\n".join(lines), verdict
 
 
-def aspect(args) -> str:
+def aspect(args) -> tuple[str, str]:
     steps = args.base_steps * args.aspect_ratio
     arms = {
         "native": train_to(args.out / "native", steps, args.out / "exports" / f"native-{steps}", args.threads),
@@ -240,21 +268,36 @@ def aspect(args) -> str:
     strip({f"{a} ({steps} steps)": p for a, p in arms.items()}, args.docs / "native_vs_square.png", args.threads, sizes)
 
     groups = list(frames["native"]["groups"])
-    metrics = ["framing", "objects", "motion", "consistency"]
-    head = ["training", *(f"{g}: {m}" for g in groups for m in metrics)]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---:" for _ in head) + " |"]
+    metrics = ["framing", *JUDGE_METRICS]
+    head = ["training", "size", "in view: model", "in view: real", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |"]
     for a, doc in frames.items():
-        cells = [f"{a} ({steps} steps)"]
         for g in groups:
-            row, spread = doc["groups"][g], doc["spread"].get(g, {})
-            cells += [_pm(row.get(m), spread.get(m)) for m in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Share of frames with every asked object wholly in view (model / real renders of the same prompts and seeds):", "",
-              "| training | " + " | ".join(f"{g}: model | {g}: real" for g in groups) + " |",
-              "| --- | " + " | ".join("---: | ---:" for _ in groups) + " |"]  # fmt: skip
-    for a, doc in frames.items():
-        lines.append(f"| {a} | " + " | ".join(f"{doc['shares'][g]['model']:.3f} | {doc['shares'][g]['real']:.3f}" for g in groups) + " |")
-    return "\n".join(lines)
+            row, spread, share = doc["groups"][g], doc["spread"].get(g, {}), doc["shares"][g]
+            w, h = doc["sizes"][g]
+            cells = [f"{a} ({steps} steps)", f"{g} {w}x{h}", f"{share['model']:.3f}", f"{share['real']:.3f}",
+                     *(_pm(row.get(m), spread.get(m)) for m in metrics)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+
+    notes, wins = [], 0
+    for g in groups:
+        n, q = frames["native"], frames["square"]
+        diff = n["groups"][g]["framing"] - q["groups"][g]["framing"]
+        noise = float(np.hypot(n["spread"][g].get("framing") or 0.0, q["spread"][g].get("framing") or 0.0))
+        wins += diff > 2 * noise
+        notes.append(f"{g}: native {n['groups'][g]['framing']:.3f} against square {q['groups'][g]['framing']:.3f} "
+                     f"({diff:+.3f}, spreads combined {noise:.3f})")  # fmt: skip
+    verdict = "framing " + "; ".join(notes) + ". "
+    verdict += ("Reproduced: the native model frames its objects better at every size, beyond the spread." if wins == len(groups)
+                else "Partly reproduced: beyond the spread at some sizes only." if wins
+                else "Not reproduced: no size shows the native model framing better beyond the spread.")
+    return "\n".join(lines), verdict
+
+
+TITLES = {
+    "scaling": ("compute_scaling", "Sample quality against training compute", "compute_scaling.png"),
+    "aspect": ("native_vs_square", "Native aspect ratios against square crops", "native_vs_square.png"),
+}
 
 
 def main() -> None:
@@ -263,18 +306,23 @@ def main() -> None:
     p.add_argument("finding", choices=("scaling", "aspect"))
     p.add_argument("--out", type=Path, default=Path("runs/findings"), help="runs, exports and evaluations")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where the tables (markdown) and strips (PNG) go")
-    p.add_argument("--base-steps", type=int, default=200, help="optimizer steps of the smallest budget")
+    p.add_argument("--base-steps", type=int, default=150, help="optimizer steps of the smallest budget")
     p.add_argument("--ratios", type=lambda s: [int(v) for v in s.split(",")], default=[1, 4, 16], help="budgets in base steps")
     p.add_argument("--aspect-ratio", type=int, default=4, help="the aspect runs' budget, in base steps")
     p.add_argument("--seeds", type=int, default=2, help="rounds of each evaluation suite (spread between rounds)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each process (one process at a time)")
     args = p.parse_args()
     start = time.perf_counter()
-    table = scaling(args) if args.finding == "scaling" else aspect(args)
-    args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / f"{args.finding}_table.md").write_text(table + "\n")
-    print(table)
-    log(f"{args.finding}: {time.perf_counter() - start:.0f} s; table in {args.docs / f'{args.finding}_table.md'}")
+    table, verdict = scaling(args) if args.finding == "scaling" else aspect(args)
+    name, title, picture = TITLES[args.finding]
+    doc = args.docs / f"{name}.md"
+    recipe = " ".join(f"{k}={v}" for k, v in RECIPE.items())
+    command = " ".join(["python benchmarks/training_findings.py", *sys.argv[1:]])
+    doc.write_text(f"# {title}\n\nMade by `{command}` ({time.perf_counter() - start:.0f} s this call; "
+                   f"{args.threads} thread a process). Every run: `kinema train dit` with {recipe}.\n\n"
+                   f"{table}\n\n![{title}]({picture})\n\n**Verdict:** {verdict}\n")  # fmt: skip
+    print(table, verdict, sep="\n\n")
+    log(f"{args.finding}: {time.perf_counter() - start:.0f} s; written to {doc}")
 
 
 if __name__ == "__main__":

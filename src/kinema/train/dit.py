@@ -889,7 +889,7 @@ def train_step(run: Run) -> dict[str, float]:
     """One optimizer step over the next global batch; returns its metrics (the same on every rank)."""
     cfg, d, model = run.cfg, run.d, run.model
     dev = d.device
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     lr = lr_at(run.step, cfg)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -934,7 +934,7 @@ def train_step(run: Run) -> dict[str, float]:
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
     metrics = dict(loss=loss, grad_norm=float(norm), lr=lr, tokens=tokens, tokens_per_s=tokens / seconds,
-                   step_s=seconds, flops=flops)  # fmt: skip
+                   step_s=seconds, cpu_s=time.process_time() - cpu_start, flops=flops)  # fmt: skip
     if run.peak_flops:
         metrics["mfu"] = flops / seconds / (run.peak_flops * d.world_size)
     return metrics
