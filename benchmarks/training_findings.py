@@ -13,14 +13,15 @@ scaling  One run, stopped at each budget (base steps x 1, 4, 16), exported, and 
          so the run stopped at a budget is the run trained for that budget. Each export is scored
          with `kinema eval world --seeds 2` (quick suite) and `kinema eval words`; the table gives
          the judge's means with their spread between the two rounds against FLOPs (the trainer's
-         count: 3 x the matmul FLOPs of each packed sequence) and CPU hours (seconds a step x
-         threads). The strip is the same prompt and seed from each budget.
+         count: 3 x the matmul FLOPs of each packed sequence) and CPU hours (the training
+         process's CPU time, step by step). The strip is the same prompt and seed from each budget.
 aspect   Two runs of the same size and compute (the same steps of the same token budget): one on
          the world's native sizes (widescreen, vertical, square, packed together: the scaling
-         run's 4x stage), one on the same clips cut to the centre square of their shorter side
-         (world_crop=square). Both are sampled at a widescreen and a vertical size on the same
-         prompts and seeds (`kinema eval framing`): the share of frames that hold every asked
-         object wholly in view, beside real renders, and the judge's metrics, with spreads.
+         run's stages), one on the same clips cut to the centre square of their shorter side
+         (world_crop=square), compared at 4x and 16x the base budget. Both are sampled at a
+         widescreen and a vertical size on the same prompts and seeds (`kinema eval framing`): the
+         share of frames that hold every asked object wholly in view, beside real renders, and the
+         judge's metrics, with spreads.
 
 Everything resumes: a budget whose export exists is not trained again, a run stopped mid-stage
 continues from its last checkpoint, and a finished evaluation is read back from its scores.json.
@@ -29,6 +30,7 @@ continues from its last checkpoint, and a finished evaluation is read back from 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -86,6 +88,13 @@ def kinema(*args: str, threads: int) -> None:
 def train_to(run: Path, steps: int, out: Path, threads: int, crop: str = "native") -> Path:
     """Train (or resume) `run` to `steps` and copy its export to `out` with stage.json (steps,
     FLOPs, seconds, CPU hours: the sum of the steps' process CPU time); a stage already exported is kept as it is."""
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / ".lock", "w") as lock:  # one process trains a run; another waits, then finds the stage made
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _train_to(run, steps, out, threads, crop)
+
+
+def _train_to(run: Path, steps: int, out: Path, threads: int, crop: str) -> Path:
     if (out / "stage.json").is_file():
         return out
     sets = {**RECIPE, "steps": str(steps), "checkpoint_every": "100", "world_crop": crop}
@@ -258,40 +267,46 @@ def scaling(args) -> tuple[str, str]:
 
 
 def aspect(args) -> tuple[str, str]:
-    steps = args.base_steps * args.aspect_ratio
-    arms = {
-        "native": train_to(args.out / "native", steps, args.out / "exports" / f"native-{steps}", args.threads),
-        "square": train_to(args.out / "square", steps, args.out / "exports" / f"square-{steps}", args.threads, crop="square"),
-    }
-    frames = {a: framing(p, args.out / "framing" / p.name, args.seeds, args.threads) for a, p in arms.items()}
+    budgets = [args.base_steps * r for r in args.aspect_ratios]
+    arms: dict[int, dict[str, Path]] = {}
+    for steps in budgets:  # the square runs first: the native stages may still be training in `scaling`
+        arms[steps] = {"square": train_to(args.out / "square", steps, args.out / "exports" / f"square-{steps}", args.threads, crop="square")}
+    for steps in budgets:
+        arms[steps] = {"native": train_to(args.out / "native", steps, args.out / "exports" / f"native-{steps}", args.threads),
+                       **arms[steps]}  # fmt: skip
+    frames = {(s, a): framing(p, args.out / "framing" / p.name, args.seeds, args.threads) for s in budgets for a, p in arms[s].items()}
     sizes = [tuple(int(v) for v in spec.split("=")[1].split("x")) for spec in FRAMING_SIZES.split(",")]
-    strip({f"{a} ({steps} steps)": p for a, p in arms.items()}, args.docs / "native_vs_square.png", args.threads, sizes)
+    last = budgets[-1]
+    strip({f"{a} ({last} steps)": p for a, p in arms[last].items()}, args.docs / "native_vs_square.png", args.threads, sizes)
 
-    groups = list(frames["native"]["groups"])
+    groups = list(frames[(last, "native")]["groups"])
     metrics = ["framing", *JUDGE_METRICS]
     head = ["training", "size", "in view: model", "in view: real", *metrics]
     lines = ["| " + " | ".join(head) + " |", "| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |"]
-    for a, doc in frames.items():
+    for (steps, a), doc in frames.items():
         for g in groups:
             row, spread, share = doc["groups"][g], doc["spread"].get(g, {}), doc["shares"][g]
             w, h = doc["sizes"][g]
-            cells = [f"{a} ({steps} steps)", f"{g} {w}x{h}", f"{share['model']:.3f}", f"{share['real']:.3f}",
-                     *(_pm(row.get(m), spread.get(m)) for m in metrics)]  # fmt: skip
+            cells = [f"{a}, {steps // args.base_steps}x ({steps} steps)", f"{g} {w}x{h}", f"{share['model']:.3f}",
+                     f"{share['real']:.3f}", *(_pm(row.get(m), spread.get(m)) for m in metrics)]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
 
-    notes, wins = [], 0
-    for g in groups:
-        n, q = frames["native"], frames["square"]
-        diff = n["groups"][g]["framing"] - q["groups"][g]["framing"]
-        noise = float(np.hypot(n["spread"][g].get("framing") or 0.0, q["spread"][g].get("framing") or 0.0))
-        wins += diff > 2 * noise
-        notes.append(f"{g}: native {n['groups'][g]['framing']:.3f} against square {q['groups'][g]['framing']:.3f} "
-                     f"({diff:+.3f}, spreads combined {noise:.3f})")  # fmt: skip
-    verdict = "framing " + "; ".join(notes) + ". "
-    verdict += ("Reproduced: the native model frames its objects better at every size, beyond the spread." if wins == len(groups)
-                else "Partly reproduced: beyond the spread at some sizes only." if wins
-                else "Not reproduced: no size shows the native model framing better beyond the spread.")
-    return "\n".join(lines), verdict
+    verdicts = []
+    for steps in budgets:
+        notes, wins = [], 0
+        n, q = frames[(steps, "native")], frames[(steps, "square")]
+        for g in groups:
+            diff = n["groups"][g]["framing"] - q["groups"][g]["framing"]
+            noise = float(np.hypot(n["spread"][g].get("framing") or 0.0, q["spread"][g].get("framing") or 0.0))
+            wins += diff > 2 * noise
+            notes.append(f"{g}: native {n['groups'][g]['framing']:.3f} against square {q['groups'][g]['framing']:.3f} "
+                         f"({diff:+.3f}, spreads combined {noise:.3f})")  # fmt: skip
+        verdict = f"At {steps // args.base_steps}x ({steps} steps), framing " + "; ".join(notes) + ": "
+        verdict += ("reproduced, the native model frames its objects better at every size, beyond twice the spread." if wins == len(groups)
+                    else "partly reproduced, beyond twice the spread at some sizes only." if wins
+                    else "not reproduced, no size shows the native model framing better beyond twice the spread.")  # fmt: skip
+        verdicts.append(verdict)
+    return "\n".join(lines), " ".join(verdicts)
 
 
 TITLES = {
@@ -308,7 +323,8 @@ def main() -> None:
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where the tables (markdown) and strips (PNG) go")
     p.add_argument("--base-steps", type=int, default=150, help="optimizer steps of the smallest budget")
     p.add_argument("--ratios", type=lambda s: [int(v) for v in s.split(",")], default=[1, 4, 16], help="budgets in base steps")
-    p.add_argument("--aspect-ratio", type=int, default=4, help="the aspect runs' budget, in base steps")
+    p.add_argument("--aspect-ratios", type=lambda s: [int(v) for v in s.split(",")], default=[4, 16],
+                   help="the aspect runs' budgets, in base steps (the strip shows the last)")
     p.add_argument("--seeds", type=int, default=2, help="rounds of each evaluation suite (spread between rounds)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each process (one process at a time)")
     args = p.parse_args()
