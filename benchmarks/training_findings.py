@@ -67,7 +67,9 @@ RECIPE = {
     "seed": "0",
     "keep_checkpoints": "2",
 }
-STRIP_PROMPT = "a large red ball falls onto green grass under a light blue sky"
+# a full world caption, as the judge's suites prompt (the grammar's own words): the quick suite's first scene
+STRIP_PROMPT = ("A large red ball falls from above and bounces on the ground until it settles. The camera stays still, "
+                "facing far mountains and near hills. The sky is light blue and the ground is green grass.")
 STRIP_SIZE, STRIP_SECONDS, STRIP_FPS, STRIP_SEED = (192, 112), 2.0, 8.0, 3
 FRAMING_SIZES = "wide=192x112,tall=112x192"  # inside the native run's sizes (short side 64 - 112)
 JUDGE_METRICS = ("objects", "motion", "consistency", "permanence", "gravity", "persistence", "camera")
@@ -180,7 +182,7 @@ def strip(models: dict[str, Path], path: Path, threads: int, sizes: list[tuple[i
     widths = [label_w + count * (f.shape[2] + gap) for _, f in rows]
     sheet = Image.new("RGB", (max(widths) + gap, sum(f.shape[1] + gap for _, f in rows) + 20), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((gap, 4), f'"{STRIP_PROMPT}", seed {STRIP_SEED}, {STRIP_SECONDS:g} s at {STRIP_FPS:g} fps', fill="black", font=font)
+    draw.text((gap, 4), f'"{STRIP_PROMPT[:90]}...", seed {STRIP_SEED}, {STRIP_SECONDS:g} s at {STRIP_FPS:g} fps', fill="black", font=font)
     y = 20
     for name, frames in rows:
         draw.text((gap, y + frames.shape[1] // 2 - 5), name, fill="black", font=font)
