@@ -72,7 +72,8 @@ STRIP_PROMPT = ("A large red ball falls from above and bounces on the ground unt
                 "facing far mountains and near hills. The sky is light blue and the ground is green grass.")
 STRIP_SIZE, STRIP_SECONDS, STRIP_FPS, STRIP_SEED = (192, 112), 2.0, 8.0, 3
 FRAMING_SIZES = "wide=192x112,tall=112x192"  # inside the native run's sizes (short side 64 - 112)
-JUDGE_METRICS = ("objects", "motion", "consistency", "permanence", "gravity", "persistence", "camera")
+JUDGE_METRICS = ("objects", "motion", "consistency", "permanence", "gravity", "persistence", "camera", "horizon")  # the world's
+TASK_METRICS = ("first_frame", "extend_seam", "loop_seam", "connect", "sdedit")
 
 
 def log(msg: str) -> None:
@@ -193,10 +194,10 @@ def strip(models: dict[str, Path], path: Path, threads: int, sizes: list[tuple[i
     sheet.save(path)
 
 
-def _pm(mean, spread) -> str:
+def _pm(mean, spread, digits: int = 2) -> str:
     if mean is None:
         return "n/a"
-    return f"{mean:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
+    return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread is not None else "")
 
 
 def _overall(doc: dict, metrics=JUDGE_METRICS) -> tuple[float, float | None]:
@@ -237,17 +238,19 @@ def scaling(args) -> tuple[str, str]:
 
     base = budgets[0]
     info = {s: json.loads((p / "stage.json").read_text()) for s, p in stages.items()}
-    head = ["compute", "steps", "GFLOPs", "CPU hours", "train loss", *JUDGE_METRICS, "mean"]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---:" for _ in head) + " |"]
     overall = {s: _overall(scores[s]) for s in budgets}
+    head = ["compute", "steps", "GFLOPs", "CPU hours", "train loss (last 50 steps)", "judge: mean of the world metrics"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---:" for _ in head) + " |"]
     for s in budgets:
-        agg, spread, st = scores[s]["aggregate"], scores[s]["spread"], info[s]
-        cells = [f"{s // base}x", str(s), f"{st['flops'] / 1e9:,.0f}", f"{st['cpu_hours']:.2f}", f"{st['loss_last_50']:.3f}",
-                 *(_pm(agg.get(m), spread.get(m)) for m in JUDGE_METRICS), _pm(*overall[s])]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    ragg, rspread = real["aggregate"], real["spread"]
-    cells = ["real renders", "", "", "", "", *(_pm(ragg.get(m), rspread.get(m)) for m in JUDGE_METRICS), _pm(*_overall(real))]
-    lines.append("| " + " | ".join(cells) + " |")
+        st = info[s]
+        lines.append(f"| {s // base}x | {s} | {st['flops'] / 1e9:,.0f} | {st['cpu_hours']:.2f} | {st['loss_last_50']:.3f} | {_pm(*overall[s], 3)} |")
+    lines.append(f"| real renders | | | | | {_pm(*_overall(real), 3)} |")
+    cols = [f"{s // base}x" for s in budgets] + ["real renders"]
+    docs = [scores[s] for s in budgets] + [real]
+    lines += ["", f"Each metric, mean ± spread between the {args.seeds} rounds of the quick suite (tasks: on the cases that ask them):", "",
+              "| metric | " + " | ".join(cols) + " |", "| --- | " + " | ".join("---:" for _ in cols) + " |"]  # fmt: skip
+    for m in (*JUDGE_METRICS, "framing", *TASK_METRICS):
+        lines.append(f"| {m} | " + " | ".join(_pm(d["aggregate"].get(m), d["spread"].get(m)) for d in docs) + " |")
     attrs = list(_words_row(reads[budgets[0]]))
     lines += ["", "Caption words read (`kinema eval words`, share at t = 0.8; 0: not read, about 1: read as the real change):", "",
               "| compute | " + " | ".join(attrs) + " |", "| --- | " + " | ".join("---:" for _ in attrs) + " |"]  # fmt: skip
@@ -259,11 +262,11 @@ def scaling(args) -> tuple[str, str]:
     rising = all(b > a for a, b in zip(means, means[1:]))
     gap = means[-1] - means[0]
     noise = float(np.hypot(overall[budgets[0]][1] or 0.0, overall[budgets[-1]][1] or 0.0))
-    verdict = (f"the judge's mean goes {' -> '.join(f'{m:.3f}' for m in means)} over "
+    verdict = (f"The judge's mean goes {' -> '.join(f'{m:.3f}' for m in means)} over "
                f"{' : '.join(str(s // base) for s in budgets)} compute; {budgets[-1] // base}x against 1x: "
                f"{gap:+.3f}, spreads between rounds combined {noise:.3f}. ")
     verdict += ("Reproduced: quality grows with compute at every step of the ladder." if rising and gap > 2 * noise
-                else "Not reproduced on these budgets: the mean does not rise at every step beyond the spread." if not rising
+                else "Not reproduced on these budgets: the mean does not rise at every step of the ladder." if not rising
                 else "Weakly: the mean rises at every step, but the whole gain is within twice the spread.")
     return "\n".join(lines), verdict
 
