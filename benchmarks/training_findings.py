@@ -268,6 +268,18 @@ def scaling(args) -> tuple[str, str]:
     verdict += ("Reproduced: quality grows with compute at every step of the ladder." if rising and gap > 2 * noise
                 else "Not reproduced on these budgets: the mean does not rise at every step of the ladder." if not rising
                 else "Weakly: the mean rises at every step, but the whole gain is within twice the spread.")
+    first, last = scores[budgets[0]], scores[budgets[-1]]
+    moves: dict[str, list[str]] = {"up": [], "down": [], "level": []}
+    for m in (*JUDGE_METRICS, "framing", *TASK_METRICS):
+        a, b = first["aggregate"].get(m), last["aggregate"].get(m)
+        if a is None or b is None:
+            continue
+        spread = float(np.hypot(first["spread"].get(m) or 0.0, last["spread"].get(m) or 0.0))
+        way = "up" if b - a > max(2 * spread, 0.01) else "down" if a - b > max(2 * spread, 0.01) else "level"
+        moves[way].append(f"{m} {a:.2f} -> {b:.2f}")
+    verdict += (f" Metric by metric, {budgets[-1] // base}x against 1x beyond twice the spread: up on "
+                + "; ".join(moves["up"] or ["none"]) + "; down on " + "; ".join(moves["down"] or ["none"])
+                + "; level on " + "; ".join(moves["level"] or ["none"]) + ".")  # fmt: skip
     return "\n".join(lines), verdict
 
 
@@ -339,8 +351,8 @@ def main() -> None:
     doc = args.docs / f"{name}.md"
     recipe = " ".join(f"{k}={v}" for k, v in RECIPE.items())
     command = " ".join(["python benchmarks/training_findings.py", *sys.argv[1:]])
-    doc.write_text(f"# {title}\n\nMade by `{command}` ({time.perf_counter() - start:.0f} s this call; "
-                   f"{args.threads} thread a process). Every run: `kinema train dit` with {recipe}.\n\n"
+    doc.write_text(f"# {title}\n\nMade by `{command}` (this call {time.perf_counter() - start:.0f} s: runs, stages "
+                   f"and evaluations made before are read back; {args.threads} thread a process). Every run: `kinema train dit` with {recipe}.\n\n"
                    f"{table}\n\n![{title}]({picture})\n\n**Verdict:** {verdict}\n")  # fmt: skip
     print(table, verdict, sep="\n\n")
     log(f"{args.finding}: {time.perf_counter() - start:.0f} s; written to {doc}")
