@@ -310,20 +310,21 @@ def aspect(args) -> tuple[str, str]:
 
     verdicts = []
     for steps in budgets:
-        notes, wins = [], 0
         n, q = frames[(steps, "native")], frames[(steps, "square")]
-        for g in groups:
-            diff = n["groups"][g]["framing"] - q["groups"][g]["framing"]
-            noise = float(np.hypot(n["spread"][g].get("framing") or 0.0, q["spread"][g].get("framing") or 0.0))
-            wins += diff > 2 * noise
-            notes.append(f"{g}: native {n['groups'][g]['framing']:.3f} against square {q['groups'][g]['framing']:.3f} "
-                         f"({diff:+.3f}, spreads combined {noise:.3f})")  # fmt: skip
-        verdict = f"At {steps // args.base_steps}x ({steps} steps), framing " + "; ".join(notes) + ": "
-        verdict += ("reproduced, the native model frames its objects better at every size, beyond twice the spread." if wins == len(groups)
-                    else "partly reproduced, beyond twice the spread at some sizes only." if wins
-                    else "not reproduced, no size shows the native model framing better beyond twice the spread.")  # fmt: skip
-        verdicts.append(verdict)
-    return "\n".join(lines), " ".join(verdicts)
+        for metric, what in (("framing", "framing (objects wholly in view)"), ("horizon", "composition (horizon)")):
+            notes, wins = [], 0
+            for g in groups:
+                diff = n["groups"][g][metric] - q["groups"][g][metric]
+                noise = float(np.hypot(n["spread"][g].get(metric) or 0.0, q["spread"][g].get(metric) or 0.0))
+                wins += diff > 2 * noise
+                notes.append(f"{g} native {n['groups'][g][metric]:.2f} against square {q['groups'][g][metric]:.2f} "
+                             f"({diff:+.2f}, spreads combined {noise:.2f})")  # fmt: skip
+            verdict = f"At {steps // args.base_steps}x ({steps} steps), {what}: " + "; ".join(notes) + ": "
+            verdict += ("reproduced, the native model is better at every size, beyond twice the spread." if wins == len(groups)
+                        else "partly reproduced, the native model is better beyond twice the spread at some sizes only." if wins
+                        else "not reproduced, at no size is the native model better beyond twice the spread.")  # fmt: skip
+            verdicts.append(verdict)
+    return "\n".join(lines), "\n\n".join(f"- {v}" for v in verdicts)
 
 
 TITLES = {
@@ -353,7 +354,7 @@ def main() -> None:
     command = " ".join(["python benchmarks/training_findings.py", *sys.argv[1:]])
     doc.write_text(f"# {title}\n\nMade by `{command}` (this call {time.perf_counter() - start:.0f} s: runs, stages "
                    f"and evaluations made before are read back; {args.threads} thread a process). Every run: `kinema train dit` with {recipe}.\n\n"
-                   f"{table}\n\n![{title}]({picture})\n\n**Verdict:** {verdict}\n")  # fmt: skip
+                   f"{table}\n\n![{title}]({picture})\n\n**Verdict:**\n\n{verdict}\n")  # fmt: skip
     print(table, verdict, sep="\n\n")
     log(f"{args.finding}: {time.perf_counter() - start:.0f} s; written to {doc}")
 
