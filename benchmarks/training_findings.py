@@ -43,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kinema.eval.judge import METRICS as JUDGE_METRICS  # the world metrics
+from kinema.eval.suite import TASK_METRICS
+
 # the recipe of every run: the shipped world model's shape and curriculum, sized for a CPU
 RECIPE = {
     "vae": "world-vae",
@@ -72,8 +75,6 @@ STRIP_PROMPT = ("A large red ball falls from above and bounces on the ground unt
                 "facing far mountains and near hills. The sky is light blue and the ground is green grass.")
 STRIP_SIZE, STRIP_SECONDS, STRIP_FPS, STRIP_SEED = (192, 112), 2.0, 8.0, 3
 FRAMING_SIZES = "wide=192x112,tall=112x192"  # inside the native run's sizes (short side 64 - 112)
-JUDGE_METRICS = ("objects", "motion", "consistency", "permanence", "gravity", "persistence", "camera", "horizon")  # the world's
-TASK_METRICS = ("first_frame", "extend_seam", "loop_seam", "connect", "sdedit")
 
 
 def log(msg: str) -> None:
