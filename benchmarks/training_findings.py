@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,20 +165,17 @@ def strip(models: dict[str, Path], path: Path, threads: int, sizes: list[tuple[i
     import torch
     from PIL import Image, ImageDraw, ImageFont
 
-    from kinema.eval.suite import real_source
-    from kinema.pipeline import Pipeline
+    from kinema.eval.suite import real_source, sources
 
     torch.set_num_threads(threads)
     sizes = sizes or [STRIP_SIZE]
+    makers = {name: sources(str(model), {"compose": False})[0] for name, model in models.items()}  # one pass, as judged
     rows: list[tuple[str, np.ndarray]] = []
     for w, h in sizes:
         tag = f" {w}x{h}" if len(sizes) > 1 else ""
         rows.append((f"real render{tag}", real_source(STRIP_PROMPT, w, h, STRIP_SECONDS, STRIP_FPS, STRIP_SEED)))
-        for name, model in models.items():
-            pipe = Pipeline.from_pretrained(str(model))
-            pipe.dit.config = replace(pipe.dit.config, trained_extent=None)  # one pass at every size, as judged
-            clip = pipe.generate(STRIP_PROMPT, w, h, STRIP_SECONDS, STRIP_FPS, seed=STRIP_SEED, expand=False, progress=False)
-            rows.append((f"{name}{tag}", clip.frames.numpy()))
+        for name, make in makers.items():
+            rows.append((f"{name}{tag}", make(STRIP_PROMPT, w, h, STRIP_SECONDS, STRIP_FPS, STRIP_SEED)))
     font, label_w, gap, count = ImageFont.load_default(), 150, 4, 6
     widths = [label_w + count * (f.shape[2] + gap) for _, f in rows]
     sheet = Image.new("RGB", (max(widths) + gap, sum(f.shape[1] + gap for _, f in rows) + 20), "white")

@@ -86,8 +86,9 @@ def test_cli_eval_framing(monkeypatch, capsys, tmp_path):
     scores = json.loads((out / "scores.json").read_text())
     assert len(scores["clips"]) == 2 * len(S.framing({"w": (128, 80), "t": (80, 128)})) and "framing" in scores["aggregate"]
     assert "w 128x80" in stdout and "framing" in (out / "report.md").read_text()
-    code, _, err = run_cli(monkeypatch, capsys, "eval", "framing", "--model", "real", "--sizes", "wide:128x80", "--out", out)
-    assert code == 2 and "NAME=WIDTHxHEIGHT" in err
+    for bad in ("wide:128x80", "wide=128by80", "=128x80"):
+        code, _, err = run_cli(monkeypatch, capsys, "eval", "framing", "--model", "real", "--sizes", bad, "--out", out)
+        assert code == 2 and "NAME=WIDTHxHEIGHT" in err and bad in err
 
 
 # ---------------------------------------------------------------- square crops of the world

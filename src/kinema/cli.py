@@ -765,9 +765,12 @@ def eval_framing(
     groups = {}
     for item in sizes.split(","):
         name, _, size = item.partition("=")
-        if not name.strip() or not size:
-            raise KinemaError(f"--sizes takes NAME=WIDTHxHEIGHT, comma-separated; got {item!r}")
-        groups[name.strip()] = parse_size(size)
+        try:
+            if not name.strip():
+                raise KinemaError("no name")
+            groups[name.strip()] = parse_size(size)
+        except KinemaError:
+            raise KinemaError(f"--sizes takes NAME=WIDTHxHEIGHT, comma-separated; got {item!r}") from None
     cases = seed_rounds(framing(groups, seconds, fps), seeds)
     make, _ = sources(model, {"steps": steps, "guidance": guidance, "compose": None if compose else False})
     results = run(make, cases, keep=True, progress=lambda name: typer.echo(f"judged {name}", err=True))
