@@ -81,7 +81,7 @@ def test_steps_mix_images_videos_and_sizes():
     assert {p[1:] for p in plans} == {(16, 16), (16, 24)}
 
 
-@pytest.mark.parametrize("bad", [{"frames": (4,)}, {"sizes": ((20, 16),)}, {"batch": 0}])
+@pytest.mark.parametrize("bad", [{"frames": (4,)}, {"sizes": ((20, 16),)}, {"batch": 0}, {"detail": -1.0}])
 def test_bad_settings_are_clear(bad):
     with pytest.raises(KinemaError):
         VAETrainConfig(**{**SMALL, **bad})
@@ -91,6 +91,39 @@ def test_cli_bad_frames_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "kinema.cli", "train", "vae", str(tmp_path), "--frames", "4"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error:") and "1 + 4k" in res.stderr
+
+
+def test_loss_weights_and_warmup_reach_the_run(tmp_path, monkeypatch):
+    from kinema import vae as kv
+
+    seen = []
+
+    def spy(x, recon, posterior, weights):
+        seen.append(weights)
+        return kv.losses.vae_loss(x, recon, posterior, weights)
+
+    monkeypatch.setattr(kv, "vae_loss", spy)
+    cfg = VAETrainConfig(**{**SMALL, "steps": 1, "mse": 0.5, "detail": 3.0, "warmup": 7})
+    train_vae(cfg, tmp_path / "run", progress=False)
+    assert seen and (seen[0].mse, seen[0].detail) == (0.5, 3.0)
+    saved = json.loads((tmp_path / "run/config.json").read_text())["train"]
+    assert (saved["mse"], saved["detail"], saved["warmup"]) == (0.5, 3.0, 7)
+    assert VAETrainConfig.from_dict({k: v for k, v in saved.items() if k not in ("mse", "detail")}).detail == 0.0
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns(monkeypatch):
+    from kinema.train import common
+
+    monkeypatch.setattr(common, "bf16_native", lambda: False)
+    with pytest.warns(UserWarning, match="without native bfloat16"):
+        common.autocast("bf16", torch.device("cpu"))
+    monkeypatch.setattr(common, "bf16_native", lambda: True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        common.autocast("bf16", torch.device("cpu"))
+        common.autocast("fp32", torch.device("cpu"))
 
 
 def test_ema_forgets_the_random_initialisation_early():
@@ -124,6 +157,8 @@ def test_cli_resume_keeps_the_runs_settings_and_changes_only_options_given(tmp_p
     assert cfg["steps"] == 2 and cfg["seed"] == 5 and cfg["lr"] == 1e-3
     assert cfg["frames"] == [1] and cfg["sizes"] == [[32, 32]] and cfg["batch"] == 1
     assert kinema("--steps", "3", "--workers", "1")[0] == 0
+    code, err = kinema("--steps", "3", "--mse", "1")
+    assert code == 2 and "mse" in err  # a loss weight is the run's own, like any other setting
     assert json.loads((tmp_path / "run/config.json").read_text())["train"]["workers"] == 1
     code, err = kinema("--steps", "4", "--init", str(tmp_path / "run/export"), "--freeze-encoder")
     assert code == 2 and "cannot change it" in err  # the optimizer state holds every parameter

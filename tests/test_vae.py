@@ -357,6 +357,17 @@ def test_save_load_round_trip(tmp_path):
         assert (model.decode(z) - half.decode(z)).abs().max() < 1e-2
 
 
+def test_evaluate_vae_scores_first_and_later_frames_apart(tmp_path):
+    from kinema.vae.evaluate import evaluate_vae
+
+    save_vae(scrambled(), tmp_path / "vae")
+    (row,) = evaluate_vae(str(tmp_path / "vae"), clips=2, frames=9, sizes=((16, 24),))
+    assert row["size"] == "24x16" and row["frames"] == 9
+    # the clip's squared error is the frames' mean, so its PSNR lies between the two parts'
+    lo, hi = sorted((row["first_db"], row["later_db"]))
+    assert lo - 1e-6 <= row["psnr_db"] <= hi + 1e-6 and lo < hi
+
+
 def test_ship_vae_writes_a_named_half_precision_pair(tmp_path, monkeypatch):
     import kinema.vae.model as vae_model
 
@@ -433,6 +444,33 @@ def test_vae_loss_parts():
     loss, parts = vae_loss(x, x + 0.5, q, LossWeights(l1=1.0, mse=2.0, ssim=0.0, kl=1.0))
     assert parts["l1"] == pytest.approx(0.5) and parts["mse"] == pytest.approx(0.25) and parts["kl"] == 0.0
     assert loss.item() == pytest.approx(0.5 + 2 * 0.25)
+
+
+def test_detail_map_marks_edges_and_motion_only():
+    from kinema.vae.losses import detail_map
+
+    x = torch.full((1, 3, 3, 16, 16), -0.5)
+    x[:, :, 1:, 6:9, 6:9] = 0.5  # a square appears at frame 1 and stays
+    d = detail_map(x)
+    assert d.shape == (1, 1, 3, 16, 16) and (d >= 0).all()
+    assert d[..., 0, :, :].max() == 0  # a flat first frame: no edge, no previous frame
+    assert d[..., 1, 7, 7] > d[..., 2, 7, 7] > 0  # the square's change adds to its edges at frame 1
+    assert d[..., 2, 0, 0] == 0 and d[..., 2, 5, 5] > 0  # far sky flat; the spread rim counts
+    assert torch.equal(detail_map(x[:, :, 2]), d[:, :, 2])  # an image is scored like one frame
+
+
+def test_detail_weight_counts_errors_on_objects_more():
+    x = torch.full((1, 3, 1, 16, 16), -0.5)
+    x[..., 6:9, 6:9] = 0.5
+    q = DiagonalGaussian(torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 16, 1, 2, 2), (1, 16, 16))
+    on_object, on_sky = x.clone(), x.clone()
+    on_object[..., 6:9, 6:9] -= 0.2  # the same error, on the square or on the flat sky
+    on_sky[..., 12:15, 12:15] -= 0.2
+    w = LossWeights(l1=1.0, ssim=0.0, kl=0.0, detail=4.0)
+    plain = LossWeights(l1=1.0, ssim=0.0, kl=0.0)
+    assert vae_loss(x, on_object, q, plain)[0] == pytest.approx(vae_loss(x, on_sky, q, plain)[0].item())
+    assert vae_loss(x, on_object, q, w)[0] > 2 * vae_loss(x, on_sky, q, w)[0]
+    assert vae_loss(x, on_sky, q, w)[0] == pytest.approx(vae_loss(x, on_sky, q, plain)[0].item())
 
 
 def test_kl_of_standard_normal_is_zero():

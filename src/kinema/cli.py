@@ -566,9 +566,12 @@ def train_vae_cmd(
     steps: int = typer.Option(None, min=1, help="Total optimizer steps (default 20000)."),
     batch: int = typer.Option(None, min=1, help="Clips a step, over all processes (default 4)."),
     lr: float = typer.Option(None, help="Peak learning rate (default 2e-4; warmup, then cosine to 10%); 1e-3 trains the tiny VAE worse."),
+    warmup: int = typer.Option(None, min=0, help="Steps of linear warmup to the peak learning rate (default 200; a short fine-tune wants fewer)."),
     frames: str = typer.Option(None, help="Clip lengths drawn per step, each 1 + 4k; 1 trains on images (default 1,9,17)."),
     sizes: str = typer.Option(None, help="Clip sizes WIDTHxHEIGHT drawn per step, multiples of 8 (default 64x64,96x64,64x96,80x48,48x80)."),
     seed: int = typer.Option(None, help="Seed of the data and the initial weights (default 0)."),
+    mse: float = typer.Option(None, min=0, help="Weight of the squared error, what PSNR counts: it weighs the large errors of lost small objects more than L1 does (default 0)."),
+    detail: float = typer.Option(None, min=0, help="Extra L1 weight on pixels with edges or motion, those of small and moving objects (default 0: every pixel alike; 4 weighs an object's rim about 5 - 9x)."),
     ckpt_every: int = typer.Option(None, min=1, help="Steps between checkpoints (default 500)."),
     init: str = typer.Option(None, help="Start from the weights of a saved VAE (a folder such as OTHER_RUN/export, or a shipped name): fine-tuning, or a new schedule."),
     freeze_encoder: bool = typer.Option(None, "--freeze-encoder/--train-encoder", help="With --init: train the decoder only, so the latents (and a DiT trained on them) stay valid (default: train both; fixed for the life of a run)."),
@@ -577,7 +580,7 @@ def train_vae_cmd(
     override: list[str] = typer.Option([], "--override", help="KEY, a field of VAETrainConfig (lr, batch, sizes, ...): on a resume, let this setting change; the run goes on with the new value, saved in RUN/config.json. Repeat it. freeze_encoder never changes on a resume."),
     export_only: bool = typer.Option(False, "--export-only", help="Only export the latest checkpoint's EMA weights to RUN/export (works while the run trains)."),
 ) -> None:
-    """Train the causal 3D VAE (L1 + SSIM + KL). Many processes: torchrun --nproc_per_node N -m kinema.cli train vae RUN (DDP).
+    """Train the causal 3D VAE (L1 + SSIM + KL; optionally squared error and edge and motion weights). Many processes: torchrun --nproc_per_node N -m kinema.cli train vae RUN (DDP).
 
     The EMA weights are exported to RUN/export (safetensors + config.json) at the end.
     """
@@ -590,8 +593,9 @@ def train_vae_cmd(
         typer.echo(f"exported the EMA weights to {export_vae(run)}")
         return
 
-    given = dict(vae=vae, data=data, steps=steps, batch=batch, lr=lr, seed=seed, ckpt_every=ckpt_every, init=init,
-                 freeze_encoder=freeze_encoder, workers=workers, precision=precision)  # fmt: skip
+    given = dict(vae=vae, data=data, steps=steps, batch=batch, lr=lr, warmup=warmup, seed=seed, mse=mse, detail=detail,
+                 ckpt_every=ckpt_every, init=init, freeze_encoder=freeze_encoder, workers=workers,
+                 precision=precision)  # fmt: skip
     if frames is not None:
         given["frames"] = parse_ints(frames, "--frames")
     if sizes is not None:
@@ -808,7 +812,7 @@ def eval_vae_cmd(
     clips: int = typer.Option(8, min=1, help="Held-out clips per size."),
     frames: int = typer.Option(17, min=1, help="Frames a clip (1 + 4k)."),
 ) -> None:
-    """PSNR, SSIM, compression ratio and encode/decode speed on held-out Kinema World clips, at a trained size and two unseen sizes."""
+    """PSNR (whole clips, first frames, later frames), SSIM, compression ratio and encode/decode speed on held-out Kinema World clips, at a trained size and two unseen sizes."""
     from kinema.vae.evaluate import evaluate_vae
 
     print_table(evaluate_vae(model, clips=clips, frames=frames))

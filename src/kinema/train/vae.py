@@ -54,6 +54,8 @@ class VAETrainConfig:
     l1: float = 1.0
     ssim: float = 0.2
     kl: float = 1e-6
+    mse: float = 0.0                      # weight of the squared error (what PSNR counts)
+    detail: float = 0.0                   # extra L1 weight on edges and motion (kinema.vae.losses.detail_map)
     seed: int = 0
     ckpt_every: int = 500
     keep: int = 2
@@ -69,6 +71,8 @@ class VAETrainConfig:
             object.__setattr__(self, "precision", resolve_precision("auto"))
         if self.freeze_encoder and not self.init:
             raise KinemaError("--freeze-encoder needs --init: a trained VAE whose encoder to keep")
+        if min(self.l1, self.ssim, self.kl, self.mse, self.detail) < 0:
+            raise KinemaError("loss weights (--l1, --ssim, --kl, --mse, --detail) must be >= 0")
         if self.batch < 1 or self.steps < 1:
             raise KinemaError("--batch and --steps must be >= 1")
         if self.workers < 0:
@@ -252,7 +256,7 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
         (run_dir / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "vae": model.config.to_dict()}, indent=1))
 
     net = DDP(model) if d.distributed else model
-    weights = LossWeights(l1=cfg.l1, ssim=cfg.ssim, kl=cfg.kl)
+    weights = LossWeights(l1=cfg.l1, mse=cfg.mse, ssim=cfg.ssim, kl=cfg.kl, detail=cfg.detail)
     per_rank = cfg.batch // d.world_size
     log = Logger(run_dir, d, total=cfg.steps, initial=start, desc="train vae") if progress else None
     if d.device.type == "cuda":  # what runs in fp32 may use the GPU's matrix units
@@ -277,7 +281,7 @@ def train_vae(cfg: VAETrainConfig, run_dir: str | Path, resume: bool = True, pro
         losses.append(mean_loss)
         if log is not None:
             frames, h, w = x.shape[2:]
-            log.log(step + 1, {"loss": mean_loss, "l1": parts["l1"], "ssim": parts["ssim"], "kl": parts["kl"],
+            log.log(step + 1, {"loss": mean_loss, "l1": parts["l1"], "mse": parts["mse"], "ssim": parts["ssim"], "kl": parts["kl"],
                                "grad_norm": float(gnorm), "lr": lr_at(cfg, step),
                                "frames_per_s": cfg.batch * frames / (time.perf_counter() - t0)})
         done = step + 1

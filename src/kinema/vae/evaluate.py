@@ -41,7 +41,8 @@ def held_out_clips(count: int, frames: int, height: int, width: int) -> torch.Te
 @torch.no_grad()
 def evaluate_vae(model: str = "world-vae", clips: int = 8, frames: int = 17,
                  sizes: tuple[tuple[int, int], ...] = EVAL_SIZES, chunk: int | None = 1) -> list[dict]:
-    """One row per size: PSNR (dB), SSIM, compression ratio, encode and decode frames/s."""
+    """One row per size: PSNR (dB) of the whole clips, of their first frames and of the later
+    (temporally folded) frames, SSIM, compression ratio, encode and decode frames/s."""
     from kinema.vae import load_vae, psnr, ssim
 
     vae = load_vae(model)
@@ -58,6 +59,9 @@ def evaluate_vae(model: str = "world-vae", clips: int = 8, frames: int = 17,
             "clips": clips,
             "frames": frames,
             "psnr_db": float(psnr(y, x)),
+            # frame 0 has a latent frame of its own; the others share one among 4 (temporal folding)
+            "first_db": float(psnr(y[:, :, :1], x[:, :, :1])),
+            "later_db": float(psnr(y[:, :, 1:], x[:, :, 1:])) if frames > 1 else float("nan"),
             "ssim": float(ssim(y, x)),
             "compression": (3 * frames * h * w) / z[0].numel(),
             "encode_fps": clips * frames / (t1 - t0),
