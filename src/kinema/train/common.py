@@ -61,7 +61,7 @@ def autocast(precision: str, device: torch.device):
     if precision == "bf16":
         if device.type == "cpu" and not bf16_native():
             warnings.warn("bf16 on a CPU without native bfloat16 (no AVX-512 BF16 or AMX): PyTorch emulates it, and "
-                          "3D convolutions take a slow path (a VAE forward measured 100x slower than float32 on an "
+                          "3D convolutions take a slow path (a VAE forward measured about 90x slower than float32 on an "
                           "AVX2 CPU); fp32 trains faster here (a resumed run changes it with --override precision)",
                           stacklevel=2)
         return torch.autocast(device.type, dtype=torch.bfloat16)
