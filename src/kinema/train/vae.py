@@ -72,7 +72,7 @@ class VAETrainConfig:
         if self.freeze_encoder and not self.init:
             raise KinemaError("--freeze-encoder needs --init: a trained VAE whose encoder to keep")
         if min(self.l1, self.ssim, self.kl, self.mse, self.detail) < 0:
-            raise KinemaError("loss weights (--l1, --ssim, --kl, --mse, --detail) must be >= 0")
+            raise KinemaError("loss weights (l1, ssim, kl, mse, detail) must be >= 0")
         if self.batch < 1 or self.steps < 1:
             raise KinemaError("--batch and --steps must be >= 1")
         if self.workers < 0:
