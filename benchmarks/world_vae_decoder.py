@@ -32,10 +32,12 @@ ARMS = {"plain": [], "detail": ["--mse", "1", "--detail", "4"]}
 JUDGED = ("objects", "motion", "consistency", "permanence", "gravity", "camera", "sdedit", "connect")
 
 
-def kinema(*args: str, threads: int, log: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115  closed with the process
-    return subprocess.Popen([sys.executable, "-m", "kinema.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+def kinema(*args: str, threads: int, log: Path) -> subprocess.Popen:
+    """Start `kinema ARGS` on `threads` threads, its output appended to `log`."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), KINEMA_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    with open(log, "a") as out:  # the child keeps its own handle
+        return subprocess.Popen([sys.executable, "-m", "kinema.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def train_command(run: Path, steps: int, extra: list[str]) -> list[str]:
@@ -79,8 +81,10 @@ def main() -> None:
     for name, proc in procs.items():
         if proc.wait():
             sys.exit(f"error: the {name} arm failed; see {args.out / f'dec_{name}.log'}")
-    models = {"shipped": "world-vae", **{name: str(args.out / f"dec_{name}" / "export") for name in ARMS}}
-    results = {name: scores(m, args.out / f"score_{name}", args.threads) for name, m in models.items()}
+    # scores of an arm are kept per step count: a rerun with more --steps scores the new export
+    models = {"shipped": ("world-vae", "score_shipped"),
+              **{name: (str(args.out / f"dec_{name}" / "export"), f"score_{name}-{args.steps}") for name in ARMS}}
+    results = {name: scores(m, args.out / folder, args.threads) for name, (m, folder) in models.items()}
 
     print(f"\nheld-out clips, 17 frames (kinema eval vae); decoders fine-tuned {args.steps} steps")
     print(f"{'vae':>8} {'size':>8} {'PSNR dB':>8} {'first':>7} {'later':>7} {'SSIM':>7}")
