@@ -275,3 +275,29 @@ def test_tiny_dit_overfits_a_toy_flow_problem():
     with torch.no_grad():
         after = loss_at(t_eval, noise_eval).item()
     assert after < 0.5 * before, (before, after)
+
+
+def test_empty_dit_takes_a_whole_state_or_names_what_does_not_fit():
+    """DiT.empty allocates and initialises nothing; assign_weights makes the file's tensors its own
+    (the same outputs as the model saved), and a state that lacks a weight is a KinemaError."""
+    from kinema.models.hf import assign_weights
+
+    model = random_model()
+    with torch.device("meta"):
+        empty = DiT.empty(CFG)
+    assert type(empty) is DiT and all(p.is_meta for p in empty.parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded = assign_weights(empty, state, "weights.safetensors does not match dit.json")
+    assert not any(p.is_meta for p in loaded.parameters())
+    assert loaded.x_embed.weight.data_ptr() == state["x_embed.weight"].data_ptr()  # taken, not copied
+    z = LATENTS[0]
+    grid = grid_size(z.shape)
+    text, mask = captions(n=1)
+    with torch.no_grad():
+        args = (patchify(z)[None], positions(grid), torch.tensor([0.4]), text, mask)
+        assert torch.equal(loaded(*args), model(*args))
+    with torch.device("meta"):
+        other = DiT.empty(CFG)
+    del state["final.out.bias"]
+    with pytest.raises(KinemaError, match=r"(?s)^weights.safetensors does not match dit.json: .*final\.out\.bias"):
+        assign_weights(other, state, "weights.safetensors does not match dit.json")

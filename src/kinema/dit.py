@@ -562,6 +562,15 @@ class DiT(nn.Module):
         self.row_group = None
         self.init_weights()
 
+    @classmethod
+    def empty(cls, config: DiTConfig) -> DiT:
+        """A DiT of this config on the meta device, its weights not initialised: for a file that
+        gives every weight (`kinema.models.hf.assign_weights`). Only the meta device makes it free;
+        call it under `torch.device("meta")`."""
+        dit = _Unset(config)
+        dit.__class__ = cls
+        return dit
+
     def row_parallel(self, group) -> DiT:
         """Split a batch of as many rows as `group` has ranks (guidance's caption and negative
         caption) over them: rank r computes row r, and the rows are gathered (None: off). It
@@ -851,3 +860,11 @@ def offload_blocks(dit: DiT, device: torch.device | str, frozen_only: bool = Fal
         block.register_forward_pre_hook(bring)
         block.register_forward_hook(send_back)
     return dit
+
+
+class _Unset(DiT):
+    """`DiT.empty`'s build: a DiT whose constructor leaves the weights as they are (on the meta
+    device a normal_ would also cost a second of lazy imports)."""
+
+    def init_weights(self) -> None:
+        pass

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from kinema.dit import DiT, DiTConfig
 from kinema.errors import KinemaError
-from kinema.models.wan import WAN_DIT_NAMES
+from kinema.models.wan import wan_dit_renames
 
 # the Linears a fine-tune adapts: every projection of the blocks (PEFT matches these suffixes)
 DEFAULT_TARGETS: tuple[str, ...] = ("attn.qkv", "attn.proj", "cross.q", "cross.kv", "cross.proj", "mlp.up", "mlp.down")
@@ -158,13 +158,8 @@ def save_lora(path: str | os.PathLike, peft_state: dict[str, Tensor], scale: flo
 
 def _linear_shapes(config: DiTConfig) -> dict[str, tuple[int, int]]:
     """Every Linear of a DiT of this config: module name -> weight shape (out, in). Built on meta."""
-
-    class Unset(DiT):
-        def init_weights(self) -> None:
-            pass
-
     with torch.device("meta"):
-        dit = Unset(config)
+        dit = DiT.empty(config)
     return {name: tuple(m.weight.shape) for name, m in dit.named_modules() if isinstance(m, nn.Linear)}
 
 
@@ -318,10 +313,7 @@ def wan_state_from_kinema(state: dict[str, Tensor], config: DiTConfig) -> dict[s
             raise KinemaError(f"the Kinema DiT state lacks {name}, which a Wan transformer needs") from None
 
     for i in range(config.depth):
-        for theirs, ours in WAN_DIT_NAMES.items():
-            if "{i}" not in theirs:
-                continue
-            theirs, ours = theirs.replace("{i}", str(i)), ours.replace("{i}", str(i))
+        for theirs, ours in wan_dit_renames(i):
             for leaf in ("weight", "bias"):
                 if f"{ours}.{leaf}" in src or leaf == "weight":  # RMSNorms have no bias
                     out[f"{theirs}.{leaf}"] = take(f"{ours}.{leaf}")
@@ -332,10 +324,9 @@ def wan_state_from_kinema(state: dict[str, Tensor], config: DiTConfig) -> dict[s
             for p, part in zip("kv", take(f"{b}.cross.kv.{leaf}").chunk(2), strict=True):
                 out[f"{b}.attn2.to_{p}.{leaf}"] = part.clone()
         out[f"{b}.scale_shift_table"] = take(f"{b}.mod_table")[None]  # (6, D) -> (1, 6, D)
-    for theirs, ours in WAN_DIT_NAMES.items():
-        if "{i}" not in theirs:
-            for leaf in ("weight", "bias"):
-                out[f"{theirs}.{leaf}"] = take(f"{ours}.{leaf}")
+    for theirs, ours in wan_dit_renames(None):
+        for leaf in ("weight", "bias"):
+            out[f"{theirs}.{leaf}"] = take(f"{ours}.{leaf}")
     pt, ph, pw = config.patch
     out["patch_embedding.weight"] = rearrange(
         take("x_embed.weight"), "d (c pt ph pw) -> d c pt ph pw", c=config.in_channels, pt=pt, ph=ph, pw=pw

@@ -200,24 +200,19 @@ def _load_dit(directory: Path, spec: dict, device: torch.device):
     from safetensors.torch import load_file
 
     from kinema.dit import DiT, DiTConfig
+    from kinema.models.hf import assign_weights
 
     weights = directory / spec.get("dit", "dit.safetensors")
     config = directory / spec.get("dit_config", "dit.json")
     if not (weights.is_file() and config.is_file()):
         raise KinemaError(f"no DiT in {directory}: expected {weights.name} and {config.name}")
-    class Unset(DiT):
-        def init_weights(self) -> None:  # the file gives every weight; on the meta device a normal_
-            pass  # would also cost a second of lazy imports
-
     with torch.device("meta"):  # no allocation, no initialisation: the weights are assigned
-        dit = Unset(DiTConfig.from_dict(_read_json(config)))
+        dit = DiT.empty(DiTConfig.from_dict(_read_json(config)))
     try:
         state = {k: v.float() for k, v in load_file(str(weights), device=str(device)).items()}  # fp16 files too
-        dit.load_state_dict(state, strict=True, assign=True)
-    except (SafetensorError, RuntimeError) as e:
+    except SafetensorError as e:
         raise KinemaError(f"{weights} does not match {config}: {e}") from None
-    dit.__class__ = DiT
-    return dit.eval().requires_grad_(False)
+    return assign_weights(dit, state, f"{weights} does not match {config}").eval().requires_grad_(False)
 
 
 def _load_text(directory: Path, spec: str, device: torch.device):

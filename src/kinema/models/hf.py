@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from kinema.errors import KinemaError
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def read_config(folder: str | os.PathLike, name: str = "config.json") -> dict:
@@ -125,6 +128,17 @@ class LazyState:
         if self.dtype is not None and v.is_floating_point():
             v = v.to(self.dtype)
         return v.to(self.device)
+
+
+def assign_weights(model: M, state: Mapping[str, Tensor], mismatch: str) -> M:
+    """`model`, built on the meta device (nothing allocated, nothing initialised), takes the tensors
+    of `state` as its own: every weight, and nothing it lacks. A mismatch is a KinemaError that
+    begins with `mismatch` (what failed to fit what) and names the offending keys."""
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise KinemaError(f"{mismatch}: {e}") from None
+    return model
 
 
 def release_freed_memory() -> None:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from kinema.dit import DiT, DiTConfig
 from kinema.errors import KinemaError
-from kinema.models.hf import LazyState, read_config, release_freed_memory
+from kinema.models.hf import LazyState, assign_weights, read_config, release_freed_memory
 
 MODEL_INDEX = "model_index.json"
 
@@ -129,6 +129,14 @@ WAN_DIT_NAMES = {
 }
 
 
+def wan_dit_renames(block: int | None) -> Iterator[tuple[str, str]]:
+    """(Wan module, Kinema module) of the modules whose tensors only change name: block `block`'s,
+    or with None those outside the blocks. The fused and reshaped tensors are mapped apart."""
+    for theirs, ours in WAN_DIT_NAMES.items():
+        if ("{i}" in theirs) == (block is not None):
+            yield theirs.replace("{i}", str(block)), ours.replace("{i}", str(block))
+
+
 def wan_dit_state(src: dict[str, Tensor] | LazyState, config: DiTConfig) -> dict[str, Tensor]:
     """A WanTransformer3DModel state dict -> Kinema DiT state dict (every tensor accounted for).
     `src` (a dict, or a LazyState that reads each tensor when taken) is emptied as its tensors
@@ -147,10 +155,7 @@ def wan_dit_tensors(src: dict[str, Tensor] | LazyState, config: DiTConfig) -> It
             raise KinemaError(f"the Wan transformer weights lack {name}") from None
 
     for i in range(config.depth):
-        for theirs, ours in WAN_DIT_NAMES.items():
-            if "{i}" not in theirs:
-                continue
-            theirs, ours = theirs.replace("{i}", str(i)), ours.replace("{i}", str(i))
+        for theirs, ours in wan_dit_renames(i):
             for leaf in ("weight", "bias"):
                 if f"{theirs}.{leaf}" in src or leaf == "weight":  # RMSNorms have no bias
                     yield f"{ours}.{leaf}", take(f"{theirs}.{leaf}")
@@ -159,10 +164,9 @@ def wan_dit_tensors(src: dict[str, Tensor] | LazyState, config: DiTConfig) -> It
             yield f"{b}.attn.qkv.{leaf}", torch.cat([take(f"{b}.attn1.to_{p}.{leaf}") for p in "qkv"])
             yield f"{b}.cross.kv.{leaf}", torch.cat([take(f"{b}.attn2.to_{p}.{leaf}") for p in "kv"])
         yield f"{b}.mod_table", take(f"{b}.scale_shift_table").reshape(6, -1)  # (1, 6, D) -> (6, D)
-    for theirs, ours in WAN_DIT_NAMES.items():
-        if "{i}" not in theirs:
-            for leaf in ("weight", "bias"):
-                yield f"{ours}.{leaf}", take(f"{theirs}.{leaf}")
+    for theirs, ours in wan_dit_renames(None):
+        for leaf in ("weight", "bias"):
+            yield f"{ours}.{leaf}", take(f"{theirs}.{leaf}")
     pt, ph, pw = config.patch
     yield "x_embed.weight", rearrange(take("patch_embedding.weight"), "d c pt ph pw -> d (c pt ph pw)")
     yield "x_embed.bias", take("patch_embedding.bias")
@@ -180,20 +184,12 @@ def load_wan_dit(folder: str | os.PathLike, device: str | torch.device = "cpu",
     Kinema DiT in eval mode, built on the meta device and assigned the converted weights."""
     config = wan_dit_config(read_config(folder))
 
-    class Unset(DiT):
-        def init_weights(self) -> None:  # every weight comes from the file
-            pass
-
     with torch.device("meta"):
-        dit = Unset(config)
+        dit = DiT.empty(config)
     state = wan_dit_state(LazyState(folder, device=device, dtype=dtype or torch.float32), config)
-    try:
-        dit.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise KinemaError(f"the weights in {folder} do not fit its config.json: {e}") from None
+    assign_weights(dit, state, f"the weights in {folder} do not fit its config.json")
     del state
     release_freed_memory()
-    dit.__class__ = DiT
     return dit.eval().requires_grad_(False)
 
 

@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from kinema.errors import KinemaError
-from kinema.models.hf import load_state, read_config
+from kinema.models.hf import assign_weights, load_state, read_config
 
 try:  # WanPipeline runs ftfy.fix_text exactly when the ftfy package is installed; so do we
     import ftfy
@@ -255,10 +255,8 @@ def load_umt5(folder: str | os.PathLike, device: str | torch.device = "cpu",
         )
     with torch.device("meta"):
         model = UMT5Encoder(config)
-    try:
-        model.load_state_dict({names[k]: state[k] for k in names}, strict=True, assign=True)
-    except RuntimeError as e:
-        raise KinemaError(f"the weights in {folder} do not match its config.json: {e}") from None
+    state = {names[k]: state[k] for k in names}
+    model = assign_weights(model, state, f"the weights in {folder} do not match its config.json")
     return model.eval().requires_grad_(False)
 
 

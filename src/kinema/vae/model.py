@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from kinema.errors import KinemaError
+from kinema.models.hf import assign_weights
 
 # A causal cache: for each causal convolution, the input frames its next window starts from.
 # `None` means "one chunk, the whole clip": nothing is kept.
@@ -902,11 +903,7 @@ def load_vae(
     except SafetensorError as e:
         raise KinemaError(f"{weights_path}: cannot read the weights ({e})") from None
     with torch.device("meta"):
-        model = CausalVAE(config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise KinemaError(f"{weights_path} does not match {config_path}: {e}") from None
+        model = assign_weights(CausalVAE(config), state, f"{weights_path} does not match {config_path}")
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from kinema.errors import KinemaError
-from kinema.models.hf import load_state, read_config
+from kinema.models.hf import assign_weights, load_state, read_config
 from kinema.vae.model import Cache, LatentGeometry, VideoVAE
 
 # Per-channel latent statistics: Wan 2.1's (diffusers' defaults for AutoencoderKLWan) and Wan 2.2
@@ -651,8 +651,4 @@ def load_wan_vae(
     state = {_rename(k): v for k, v in load_state(d, device, dtype or torch.float32).items()}
     with torch.device("meta"):
         model = WanVAE(config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise KinemaError(f"the weights in {d} do not match its config.json: {e}") from None
-    return model.eval()
+    return assign_weights(model, state, f"the weights in {d} do not match its config.json").eval()
