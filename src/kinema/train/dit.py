@@ -695,7 +695,7 @@ def setup(root: str | os.PathLike, cfg: DiTTrainConfig, d: Dist | None = None) -
 
     ckpt = latest_checkpoint(root / "checkpoints")
     if ckpt is None and cfg.init and not (cfg.wan_base is not None or cfg.lora_rank):
-        _init_from(run, cfg.init, cfg.init_reset)
+        _init_from(run, cfg.init_reset)
     if ckpt is not None:
         state = train_state(model, optimizer, run.ema, trainable_only=bool(cfg.lora_rank))
         meta = load_checkpoint(ckpt, state, d)
@@ -848,20 +848,13 @@ def _assign(p: Tensor, full: Tensor) -> None:
         p.copy_(full)
 
 
-def _init_from(run: Run, directory: str, reset: Sequence[str]) -> None:
-    """Load an export's weights into a new run's model (and its EMA), but for the `reset` parts."""
-    from safetensors.torch import load_file
-
-    d = init_dir(directory)
+def _init_from(run: Run, reset: Sequence[str]) -> None:
+    """Load the export `init` names into a new run's model (and its EMA), but for the `reset` parts."""
+    d = init_dir(run.cfg.init)
     model = run.model
     if run.d.distributed:
         raise KinemaError("init loads into one process; start the run on one process, then resume under torchrun")
-    try:
-        given = {f"dit.{k}": v for k, v in load_file(str(d / DIT_WEIGHTS)).items()}
-        if model.text is not None:
-            given |= {f"text.{k}": v for k, v in load_file(str(d / BuiltinTextEncoder.WEIGHTS)).items()}
-    except OSError as e:
-        raise KinemaError(f"init: cannot read the exported weights in {d}: {e}") from None
+    given = dict(base_tensors(run.cfg, model.dit.config))
     own = model.state_dict()
     hits = {p: [k for k in own if f".{p}." in f".{k}."] for p in reset}
     missing = [p for p, ks in hits.items() if not ks]
