@@ -1,5 +1,7 @@
 """Running the command line inside a test process."""
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -28,3 +30,12 @@ def check_task_commands(runs: dict, common: list[str], out_dir) -> None:
         res = CliRunner().invoke(app, [*args, *common, "--out", str(out_dir / name)])
         assert res.exit_code == 0, (name, res.output)
         assert read_video(out_dir / name).frames.shape[:3] == shape, name
+
+
+def torchrun(args: list, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node NPROC ARGS` (a script and its arguments, or -m and a module), one
+    thread a rank; it must exit 0 (a failure shows the tail of its output). Returns its output."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *map(str, args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res

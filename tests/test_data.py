@@ -24,6 +24,7 @@ from kinema.data import (
 from kinema.errors import KinemaError
 from kinema.vae import CausalVAE, VAEConfig, save_vae
 from kinema.video import write_video
+from tests.cli_helpers import torchrun
 
 
 
@@ -190,11 +191,8 @@ def test_encode_under_torchrun_splits_shards_over_ranks(tmp_path):
     folder = media_folder(tmp_path)
     index_folder(folder, tmp_path / "m.jsonl", progress=False)
     save_vae(tiny_vae(), tmp_path / "vae")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "kinema.cli", "data",
-           "encode", "--manifest", str(tmp_path / "m.jsonl"), "--vae", str(tmp_path / "vae"), "--out",
-           str(tmp_path / "latents"), "--clips-per-shard", "1"]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env())
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    torchrun(["-m", "kinema.cli", "data", "encode", "--manifest", tmp_path / "m.jsonl", "--vae", tmp_path / "vae",
+              "--out", tmp_path / "latents", "--clips-per-shard", "1"], timeout=180)  # fmt: skip
     data = ShardDataset(tmp_path / "latents", token_budget=1000)
     assert len(data) == 3 and sorted(p.name for p in (tmp_path / "latents").glob("shard-*.safetensors")) == [
         "shard-000000.safetensors", "shard-000001.safetensors", "shard-000002.safetensors"]  # fmt: skip

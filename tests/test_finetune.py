@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ from safetensors.torch import load_file
 
 from kinema.errors import KinemaError
 from kinema.train.dit import DiTTrainConfig, pack_lora, train_dit
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, torchrun
 from tests.test_wan import kinema_velocity
 from tests.wan_reference import save_wan_folder
 
@@ -212,13 +209,6 @@ def test_full_finetuning_of_wan_exports_a_diffusers_folder(wan, latents, tmp_pat
 
 
 # ---------------------------------------------------------------- many processes
-
-
-def torchrun(args: list[str], timeout: int = 300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
 
 
 @pytest.mark.slow

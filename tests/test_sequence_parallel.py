@@ -6,7 +6,6 @@ the sequence split, guidance's two rows split, or both."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,10 @@ from safetensors.torch import load_file
 
 from kinema.errors import KinemaError
 from kinema.train.dit import DiTTrainConfig, setup, train_dit
+from tests.cli_helpers import torchrun
 from tests.test_train_dit import SMALL, cache, losses  # noqa: F401 (the fixture)
 
 HERE = Path(__file__).parent
-
-
-def torchrun(args: list, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *map(str, args)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from kinema.train.dit import (
     train_dit,
     train_step,
 )
+from tests.cli_helpers import torchrun
 
 # A DiT smaller than tiny (same code): depth 2, hidden 64; a 1-layer builtin text encoder.
 SMALL = dict(hidden=64, depth=2, heads=2, text_dim=32, text_depth=1, text_heads=2, warmup=0, lr=1e-3)
@@ -54,15 +55,10 @@ def losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
-def torchrun(run_dir, settings: dict, nproc: int = 2):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "-m", "kinema.cli",
-           "train", "dit", str(run_dir)]  # fmt: skip
-    for k, v in settings.items():
-        cmd += ["--set", f"{k}={v}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
+def train_on_ranks(run_dir, settings: dict, nproc: int = 2):
+    """`torchrun ... kinema train dit RUN_DIR --set K=V ...` on `nproc` ranks."""
+    sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    return torchrun(["-m", "kinema.cli", "train", "dit", run_dir, *sets], nproc=nproc, timeout=240)
 
 
 # ---------------------------------------------------------------- distributed == one process
@@ -86,8 +82,8 @@ def test_torchrun_matches_single_process(tmp_path, cache, precision):
     settings.update(data=cache, token_budget=64, sequences_per_step=4, checkpoint_every=2, precision=precision)
     # two ranks with FSDP2 (gloo), stopped after step 2 and resumed under torchrun again; with
     # activation checkpointing, which must not change a number
-    torchrun(tmp_path / "two", {**settings, "steps": 2, "checkpointing": True})
-    torchrun(tmp_path / "two", {**settings, "steps": 4, "checkpointing": True})
+    train_on_ranks(tmp_path / "two", {**settings, "steps": 2, "checkpointing": True})
+    train_on_ranks(tmp_path / "two", {**settings, "steps": 4, "checkpointing": True})
 
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     print("1 process:", one, "\n2 ranks:  ", two)
