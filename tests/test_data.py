@@ -286,6 +286,22 @@ def test_world_stream_packs_clips_and_images_within_the_budget():
             assert stream.tokens(i) == g[0] * g[1] * g[2]
 
 
+@pytest.mark.parametrize("bad, words", [(dict(fps_choices=(0.0,)), "world_fps"), (dict(fps_choices=()), "world_fps"),
+                                        (dict(min_seconds=0.0), "world_min_seconds"),
+                                        (dict(min_seconds=2.0, max_seconds=1.0), "world_min_seconds")])  # fmt: skip
+def test_world_stream_rejects_frame_rates_and_durations_it_cannot_render(bad, words):
+    # world_fps=0 divided by zero in the first batch's render
+    with pytest.raises(KinemaError, match=words):
+        WorldStream(tiny_vae(), 64, **bad)
+
+
+def test_encode_options_reject_a_rate_that_keeps_no_frame():
+    # --fps 0 skipped every clip and reported success
+    for fps in (0.0, -8.0, float("nan"), float("inf")):
+        with pytest.raises(KinemaError, match="fps must be a positive number"):
+            EncodeOptions(fps=fps)
+
+
 def test_world_stream_single_prob_gives_one_object_scenes_in_their_own_cache(tmp_path):
     from kinema.world.text import caption
 

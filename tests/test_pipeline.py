@@ -429,6 +429,26 @@ def test_cli_prints_the_size_notice_and_writes_an_odd_size(model_dir, tmp_path, 
     assert read_video(tmp_path / "odd.webm").frames.shape[1:3] == (20, 40)
 
 
+def test_cli_notes_an_odd_mp4_size_and_a_long_webm_keeps_it(model_dir, tmp_path, monkeypatch, capsys):
+    common = ["--size", "39x21", "--seconds", 1, "--fps", 8, "--steps", 2, "--model", model_dir]
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "a red ball", *common, "--out", tmp_path / "odd.mp4")
+    assert code == 0, err
+    assert "the file is 40x22" in out and "write .webm to keep 39x21" in out  # said, not silent
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "a red ball", *common, "--window", 1,
+                             "--out", tmp_path / "long.webm")  # fmt: skip
+    assert code == 0, err
+    assert read_video(tmp_path / "long.webm").frames.shape[1:3] == (21, 39)  # VP9 keeps an odd size, as write_video
+
+
+def test_out_of_range_inputs_and_windows_say_what_is_wrong(pipe, clip):
+    with pytest.raises(KinemaError, match="second video of a connect"):
+        pipe.connect(clip, clip.frames[:1], "x", **FAST)  # not "a clip to be continued from its start"
+    with pytest.raises(KinemaError, match="larger than 8192 pixels a side"):
+        pipe.animate(torch.zeros(16, 8200, 3, dtype=torch.uint8), "x", **FAST)
+    with pytest.raises(KinemaError, match="window must be a positive number"):
+        pipe.long("x", 2, window=0, **SIZE, **FAST)  # not "seconds must be ..."
+
+
 def test_prompt_notices_reach_the_output_and_the_cli(model_dir, pipe, tmp_path, monkeypatch, capsys):
     out = pipe.generate("a fluffy crimson orb plummets onto the sand", width=40, height=24, seconds=1, fps=8,
                         expand=True, **FAST)  # fmt: skip

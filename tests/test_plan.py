@@ -136,6 +136,9 @@ def test_longest_seconds_is_the_last_that_fits():
         ("nope", {}, "unknown model"),
         ("tiny", dict(width=0), "must be positive"),
         ("tiny", dict(seconds=-1), "must be positive"),
+        ("tiny", dict(seconds=float("nan")), "must be positive"),
+        ("tiny", dict(seconds=float("inf")), "must be positive"),
+        ("tiny", dict(gpu_memory_gb=float("nan")), "--gpu-memory > 0"),
         ("tiny", dict(gpus=6, sequence_parallel=4), "divide --gpus"),
         ("xl_3b", dict(sequence_parallel=8), "20 attention heads"),
     ],
@@ -359,6 +362,7 @@ def test_plan_command_sampling_fits(monkeypatch, capsys):
         (["--model", "nope", "--size", "64x64", "--seconds", "1"], "unknown model"),
         (["--model", "tiny", "--size", "0x64", "--seconds", "1"], "must be positive"),
         (["--model", "tiny", "--size", "big", "--seconds", "1"], "WIDTHxHEIGHT"),
+        (["--model", "tiny", "--size", "64x64", "--seconds", "nan"], "must be positive"),
         (["--model", "xl_3b", "--size", "64x64", "--seconds", "1", "--gpus", "8", "--sequence-parallel", "8"], "heads"),
     ],
 )

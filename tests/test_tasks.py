@@ -21,6 +21,9 @@ def test_any_positive_size_is_accepted_and_covered_by_the_grid():
     assert tasks.check_size(97, 61) == (97, 61)  # any size: the pipeline crops it from the grid
     with pytest.raises(KinemaError, match="positive"):
         tasks.check_size(0, 8)
+    assert tasks.check_size(tasks.MAX_SIDE, 1) == (tasks.MAX_SIDE, 1)
+    with pytest.raises(KinemaError, match="at most 8192"):  # 10000x10000 would take all the memory there is
+        tasks.check_size(10000, 10000)
     assert tasks.covering_size(160, 96) == (160, 96)
     assert tasks.covering_size(1920, 1080) == (1920, 1088)
     assert tasks.covering_size(97, 61, 32) == (128, 64)

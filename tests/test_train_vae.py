@@ -10,6 +10,7 @@ import torch
 from kinema.errors import KinemaError
 from kinema.train.vae import VAETrainConfig, _init_from, export_vae, step_plan, train_vae
 from kinema.vae import load_vae, save_vae
+from tests.cli_helpers import run_cli
 
 SMALL = dict(vae="tiny", steps=4, batch=2, frames=(1, 5), sizes=((16, 16), (16, 24)), ckpt_every=2, warmup=2)
 
@@ -81,7 +82,8 @@ def test_steps_mix_images_videos_and_sizes():
     assert {p[1:] for p in plans} == {(16, 16), (16, 24)}
 
 
-@pytest.mark.parametrize("bad", [{"frames": (4,)}, {"sizes": ((20, 16),)}, {"batch": 0}, {"detail": -1.0}])
+@pytest.mark.parametrize("bad", [{"frames": (4,)}, {"sizes": ((20, 16),)}, {"batch": 0}, {"detail": -1.0}, {"lr": -1.0},
+                                 {"lr": float("nan")}])
 def test_bad_settings_are_clear(bad):
     with pytest.raises(KinemaError):
         VAETrainConfig(**{**SMALL, **bad})
@@ -91,6 +93,16 @@ def test_cli_bad_frames_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "kinema.cli", "train", "vae", str(tmp_path), "--frames", "4"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error:") and "1 + 4k" in res.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--sizes", "0x64"], "got 0x64"),  # as typed: WIDTHxHEIGHT
+    (["--sizes", "64x64,"], "--sizes must look like WIDTHxHEIGHT"),
+])  # fmt: skip
+def test_cli_bad_settings_are_one_line(tmp_path, monkeypatch, capsys, args, words):
+    code, _, err = run_cli(monkeypatch, capsys, "train", "vae", tmp_path / "run", "--steps", "1", *args)
+    assert code == 2 and err.startswith("error:") and words in err and len(err.strip().splitlines()) == 1
 
 
 def test_loss_weights_and_warmup_reach_the_run(tmp_path, monkeypatch):

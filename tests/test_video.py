@@ -75,6 +75,14 @@ def test_odd_size_webm_keeps_the_exact_size(tmp_path):
     assert mae(v.frames, frames) < 3
 
 
+@pytest.mark.parametrize("name, size", [("a.mp4", (34, 18)), ("a.MOV", (34, 18)), ("a.mkv", (34, 18)),
+                                        ("a.webm", (33, 17)), ("a.gif", (33, 17)), ("a.png", (33, 17))])  # fmt: skip
+def test_stored_size_is_the_size_the_file_holds(tmp_path, name, size):
+    assert kv.stored_size(tmp_path / name, 33, 17) == size
+    frames = smooth(1 if name.endswith("png") else 2, 17, 33)
+    assert read_video(write_video(tmp_path / name, frames, 8)).frames.shape[1:3] == size[::-1]
+
+
 def test_gif_round_trip(tmp_path):
     frames = smooth(10, 47, 63)
     v = read_video(write_video(tmp_path / "clip.gif", frames, 10))
@@ -86,6 +94,14 @@ def test_gif_round_trip(tmp_path):
 def test_gif_rate_that_does_not_divide_100_reads_back_as_its_mean(tmp_path):
     v = read_video(write_video(tmp_path / "clip.gif", smooth(12), 24))  # delays 4, 4, 5 ... / 100 s
     assert v.fps == pytest.approx(24)
+
+
+def test_16_bit_grey_png_is_scaled_to_8_bits(tmp_path):
+    grey = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")  # Pillow reads it as mode I;16 (or I)
+    frames = read_video(tmp_path / "deep.png").frames[0].numpy().astype(float)
+    assert np.abs(frames - (grey / 257)[..., None]).max() <= 0.5  # not clipped: 255 only at the top
+    assert frames.mean() == pytest.approx(127.5, abs=0.5)
 
 
 def test_png_reads_as_a_one_frame_video(tmp_path):
@@ -331,6 +347,13 @@ def test_bad_write_settings_raise_video_error(tmp_path):
 def test_write_creates_parent_folders(tmp_path):
     path = write_video(tmp_path / "a" / "b" / "clip.mp4", smooth(2), 24)
     assert path.is_file() and read_video(path).frames.shape[0] == 2
+
+
+def test_write_where_a_folder_is_a_file_raises_video_error(tmp_path):
+    (tmp_path / "a").write_text("a file")
+    with pytest.raises(VideoError, match="cannot write"):
+        write_video(tmp_path / "a" / "clip.mp4", smooth(2), 24)
+    assert (tmp_path / "a").read_text() == "a file"
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".webm", ".gif", ".png"])

@@ -385,6 +385,14 @@ def test_prompt_errors(prompt):
         spec_from_prompt(prompt)
 
 
+@pytest.mark.parametrize("prompt", ["a red ball bounces on green grass " * 150, "a red ball and a giraffe " * 200])
+def test_a_long_prompt_is_quoted_short_in_its_error(prompt):
+    with pytest.raises(KinemaError) as caught:
+        spec_from_prompt(prompt)
+    message = str(caught.value)
+    assert f"({len(prompt.strip())} characters)" in message and len(message) < 1000
+
+
 def test_stop_words_are_tolerated():
     spec = spec_from_prompt("the red ball is in the scene and it bounces on the green grass")
     assert spec.objects[0].motion == "fall" and spec.ground == "green grass"

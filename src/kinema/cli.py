@@ -33,22 +33,60 @@ eval_app = typer.Typer(help="Evaluation: score models; the world judge on Kinema
 app.add_typer(eval_app, name="eval")
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
     """'320x180' -> (320, 180) as (width, height)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise KinemaError(f"--size must look like WIDTHxHEIGHT, e.g. 320x180; got {text!r}") from None
+        raise KinemaError(f"{option} must look like WIDTHxHEIGHT, e.g. 320x180; got {text!r}") from None
     return w, h
+
+
+def check_out(out: Path, suffixes: tuple[str, ...] | None, option: str = "--out", example: str = "out") -> None:
+    """A file to write, checked before any work: one of `suffixes` (None: any), not a folder, and
+    no file where one of its folders would be (folders that are missing are made when it is written)."""
+    if out.is_dir():
+        name = example + (suffixes[0] if suffixes else "")
+        raise KinemaError(f"{option} {out} is a folder; give a file in it, e.g. {out / name}")
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        what = f"'{out.suffix}'" if out.suffix else "a file with no extension"
+        raise KinemaError(f"{option} {out}: cannot write {what} here; use one of {', '.join(suffixes)}")
+    check_folder(out.parent, option, of=out)
+
+
+def check_folder(folder: Path, option: str, of: Path | None = None) -> None:
+    """A folder to write into (made if missing): KinemaError if it, or a folder above it, is a file."""
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = f"{option} {parent}" if parent == folder and of is None else f"{option} {of or folder}: {parent}"
+                raise KinemaError(f"{where} is a file, not a folder")
+            return
+
+
+def plural(n: int, word: str) -> str:
+    """'1 frame', '2 frames'."""
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _even_note(path: Path, width: int, height: int) -> str | None:
+    """The note that a .mp4 / .mov / .mkv file holds an odd size padded to even, or None."""
+    from kinema.video import stored_size
+
+    w, h = stored_size(path, width, height)
+    if (w, h) == (width, height):
+        return None
+    return (f"{path.suffix} (H.264) stores even sizes only: the file is {w}x{h}, the last column / row of "
+            f"{width}x{height} repeated; write .webm to keep {width}x{height} exactly")  # fmt: skip
 
 
 # ---------------------------------------------------------------- generate and edit (kinema.pipeline)
 
 _MODEL = typer.Option("world", "--model", help="'world' (the shipped model) or a model folder: an export, a training run, or a diffusers Wan 2.1 or Wan 2.2 TI2V-5B folder (model_index.json).")
-_SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, any size: made on the model's grid and cropped back; beyond the sizes the model trained on, composed at one of them first, then refined at this size (default: the model's; 128x128 for world).")
+_SIZE = typer.Option(None, help="WIDTHxHEIGHT in pixels, any size up to 8192 a side: made on the model's grid and cropped back; beyond the sizes the model trained on, composed at one of them first, then refined at this size (default: the model's; 128x128 for world).")
 _INPUT_SIZE = typer.Option(None, "--size", help="WIDTHxHEIGHT to fit the input to (default: the input's own size).")
 _FIT = typer.Option("cover", help="How an input is fitted to --size: cover (scale to cover, centre-crop) or pad (scale to fit, letterbox).")
-_SECONDS = typer.Option(None, help="Duration in seconds, any positive number up to 3600 (long ones: add --window). The video lasts exactly that at --fps, rounded to whole frames, with a note if rounded (default: the model's; 2).")
+_SECONDS = typer.Option(None, help="Duration in seconds, any positive number up to 3600 (long ones: add --window; generate makes one over 16 times the model's default duration in windows of the default anyway). The video lasts exactly that at --fps, rounded to whole frames, with a note if rounded (default: the model's; 2).")
 _FPS = typer.Option(None, help="The file's frame rate, up to 240 (default: the model's; 8 for world). Frames are made at the nearest rate the model knows (world: 8-12) and resampled in time to this, with a note.")
 _STEPS = typer.Option(None, help="Sampling steps (default: the model's; 30).")
 _GUIDANCE = typer.Option(None, help="Classifier-free guidance scale; 1 turns it off (default: the model's; 4).")
@@ -64,21 +102,28 @@ _OFFLOAD = typer.Option("none", help="GPU memory: none; text (the text encoder l
 _VIDEO_OUT = typer.Option(Path("out.mp4"), help="Video to write (.mp4, .webm, .mkv, .mov or .gif).")
 
 
+STILLS = (".png", ".jpg", ".jpeg", ".webp")
+LONG = 16  # generate: a clip over this many times the model's default duration is made in windows unless --window is given
+SEEDS = (-(2**63), 2**63 - 1)  # what the noise generator takes, with room for the seed + 1, + 2, ... of later samples
+
+
 def _early_checks(size: str | None = None, seconds: float | None = None, fps: float | None = None,
-                  out: Path | None = None, still: bool = False) -> tuple[int | None, int | None]:  # fmt: skip
-    """Check what needs no model (size, duration, frame rate, output format) before loading one."""
-    from kinema.tasks import check_fps, check_seconds, check_size
+                  out: Path | None = None, still: bool = False, seed: int = 0,
+                  window: float | None = None) -> tuple[int | None, int | None]:  # fmt: skip
+    """Check what needs no model (size, duration, frame rate, seed, output file) before loading one."""
+    from kinema.tasks import check_fps, check_seconds, check_size, check_window
     from kinema.video import WRITE_SUFFIXES
 
     if out is not None:
-        stills = (".png", ".jpg", ".jpeg", ".webp")
-        ok = WRITE_SUFFIXES if still else tuple(s for s in WRITE_SUFFIXES if s not in stills)
-        if out.suffix.lower() not in ok:
-            raise KinemaError(f"--out {out}: cannot write '{out.suffix}' here; use one of {', '.join(ok)}")
+        check_out(out, WRITE_SUFFIXES if still else tuple(s for s in WRITE_SUFFIXES if s not in STILLS))
     if seconds is not None:
         check_seconds(seconds)
     if fps is not None:
         check_fps(fps)
+    if window is not None:
+        check_window(window)
+    if not SEEDS[0] <= seed <= SEEDS[1]:
+        raise KinemaError(f"--seed must be a whole number from -2^63 to 2^63 - 1; got {seed}")
     if size is None:
         return None, None
     return check_size(*parse_size(size))
@@ -168,8 +213,13 @@ def _expansion(spec: str | None, off: bool, llm_model: str | None):
         return False
     if spec is None or spec.strip() in ("world", "none", "off"):
         return spec
-    from kinema.llm import connect
+    from kinema.llm import LLMError, connect, parse_spec
 
+    try:
+        parse_spec(spec.strip())
+    except LLMError:
+        raise KinemaError(f"--expand takes world, none, openai:URL (an OpenAI-compatible server) or hf:DIR "
+                          f"(a local transformers folder); got {spec!r}") from None  # fmt: skip
     return connect(spec.strip(), model=llm_model)
 
 
@@ -191,10 +241,11 @@ def _write(result, out: Path, prompt: str) -> None:
 
     path = write_video(out, result.frames, result.fps)
     T, H, W, _ = result.frames.shape
-    for note in result.notices:
-        typer.echo(f"note: {note}")
+    for note in (*result.notices, _even_note(path, W, H)):
+        if note:
+            typer.echo(f"note: {note}")
     _echo_caption(result, prompt, path)
-    typer.echo(f"wrote {path} ({T} frames, {W}x{H} @ {result.fps:g} fps)")
+    typer.echo(f"wrote {path} ({plural(T, 'frame')}, {W}x{H} @ {result.fps:g} fps)")
 
 
 @app.command("generate")
@@ -207,16 +258,28 @@ def generate_cmd(
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Text -> video of any size and duration."""
-    width, height = _early_checks(size, seconds, fps, out)
+    width, height = _early_checks(size, seconds, fps, out, seed=seed, window=window)
     how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload, lora)
     kw = dict(width=width, height=height, fps=fps, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
               expand=how, method=sampler)  # fmt: skip
+    if window is None and seconds is not None and seconds > LONG * pipe.defaults["seconds"]:
+        window = float(pipe.defaults["seconds"])
+        if not _FOLLOWER:
+            typer.echo(f"note: {seconds:g} s is made in windows of {window:g} s (--window), each written as it is done: "
+                       "one pass over the whole clip would take time and memory growing with its length squared")  # fmt: skip
     if window is not None:
-        result = pipe.long(prompt, seconds if seconds is not None else pipe.defaults["seconds"], window, out=out, **kw)
+        from tqdm import tqdm
+
+        seconds = seconds if seconds is not None else pipe.defaults["seconds"]
+        rate = fps or pipe.defaults["fps"]
+        with tqdm(total=round(seconds * rate), unit="frame", desc="windows", disable=_FOLLOWER, position=1) as bar:
+            result = pipe.long(prompt, seconds, window, out=out, on_window=lambda win: bar.update(len(win.frames)), **kw)
         if _FOLLOWER:
             return
         for note in result.notices:
+            typer.echo(f"note: {note}")
+        if width is not None and (note := _even_note(result.path, width, height)):
             typer.echo(f"note: {note}")
         _echo_caption(result, prompt, result.path)
         typer.echo(f"wrote {result.path}")
@@ -233,7 +296,7 @@ def image_cmd(
     out: Path = typer.Option(Path("image.png"), help="Image to write (.png, .jpg or .webp)."),
 ) -> None:  # fmt: skip
     """Text -> image (one frame)."""
-    width, height = _early_checks(size, out=out, still=True)
+    width, height = _early_checks(size, out=out, still=True, seed=seed)
     how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.image(prompt, width, height, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
@@ -250,7 +313,7 @@ def animate_cmd(
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Image -> video: the image is the first frame (default size: the image's)."""
-    width, height = _early_checks(size, seconds, fps, out)
+    width, height = _early_checks(size, seconds, fps, out, seed=seed)
     source = _read_media(image)
     how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload, lora)
@@ -272,7 +335,7 @@ def extend_cmd(
     """Extend a video forward or backward in time."""
     if direction not in ("forward", "backward"):
         raise KinemaError(f"--direction must be forward or backward; got {direction!r}")
-    width, height = _early_checks(size, seconds, fps, out)
+    width, height = _early_checks(size, seconds, fps, out, seed=seed)
     source = _read_media(video, fps)
     how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload, lora)
@@ -290,7 +353,7 @@ def loop_cmd(
     out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """A seamless loop: its last frame leads into its first."""
-    width, height = _early_checks(size, seconds, fps, out)
+    width, height = _early_checks(size, seconds, fps, out, seed=seed)
     how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.loop(prompt, width, height, seconds=seconds, fps=fps, steps=steps, guidance=guidance, seed=seed,
@@ -309,7 +372,7 @@ def connect_cmd(
     dtype: str = _DTYPE, offload: str = _OFFLOAD, lora: list[str] = _LORA, size: str = _INPUT_SIZE, fit: str = _FIT, out: Path = _VIDEO_OUT,
 ) -> None:  # fmt: skip
     """Connect two videos: A, generated frames from A's end to B's start, B."""
-    width, height = _early_checks(size, seconds, fps, out)
+    width, height = _early_checks(size, seconds, fps, out, seed=seed)
     first = _read_media(a, fps)
     second = _read_media(b, first.fps)
     how = _expansion(expand, no_expand, llm_model)
@@ -332,8 +395,11 @@ def edit_cmd(
     """SDEdit video -> video: the input noised to STRENGTH, then made again under the new prompt."""
     if not 0.0 <= strength <= 1.0:
         raise KinemaError(f"--strength must be in [0, 1]; got {strength}")
-    width, height = _early_checks(size, None, fps, out, still=True)
+    width, height = _early_checks(size, None, fps, out, still=True, seed=seed)
     source = _read_media(video, fps)
+    if out.suffix.lower() in STILLS and len(source.frames) > 1:
+        raise KinemaError(f"--out {out}: a {out.suffix} file holds one frame, but {video} has "
+                          f"{len(source.frames)}; write .mp4, .webm or .gif")  # fmt: skip
     how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.edit(source, prompt, strength, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
@@ -391,7 +457,7 @@ def plan_cmd(
 def serve_cmd(
     model: str = _MODEL, dtype: str = _DTYPE, offload: str = _OFFLOAD,
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 serves every network the machine is on (there is no login)."),
-    port: int = typer.Option(7860, help="Port to serve on."),
+    port: int = typer.Option(7860, min=1, max=65535, help="Port to serve on."),
     concurrency: int = typer.Option(1, min=1, help="Generations at once; they share the one model in memory."),
     queue: int = typer.Option(8, min=0, help="Requests waiting beyond those; more are answered 'busy, try again'."),
     max_pixels_frames: int = typer.Option(2_000_000, min=1, help="Largest result: width x height x frames."),
@@ -403,6 +469,8 @@ def serve_cmd(
     """A web page for every prompting mode (Gradio), served until Ctrl-C: http://HOST:PORT."""
     from kinema.serve import Limits, serve
 
+    if outputs is not None:
+        check_folder(outputs, "--outputs")
     limits = Limits(concurrency=concurrency, queue=queue, max_pixels_frames=max_pixels_frames,
                     max_seconds=max_seconds, max_upload_mb=max_upload_mb, output_age=output_age)  # fmt: skip
     serve(model, host, port, limits, outputs=outputs, dtype=dtype, offload=offload)
@@ -420,17 +488,25 @@ def world_render(
     out: Path = typer.Option(Path("clip.mp4"), help="Video to write (.mp4, .gif or .png); a .json with captions and ground truth is written beside it."),
 ) -> None:
     """Render a Kinema World clip from a prompt, with its captions and ground truth."""
+    from kinema.tasks import duration_notice
+    from kinema.video import WRITE_SUFFIXES
     from kinema.world.render import render
     from kinema.world.text import spec_with_notices
 
+    check_out(out, WRITE_SUFFIXES)
     width, height = parse_size(size)
     spec, notices = spec_with_notices(prompt, seed)
     clip = render(spec, width, height, seconds=seconds, fps=fps, seed=seed)
+    T = clip.frames.shape[0]
+    if out.suffix.lower() in STILLS and T > 1:
+        raise KinemaError(f"--out {out}: a {out.suffix} file holds one frame, but {seconds:g} s at {fps:g} fps is "
+                          f"{plural(T, 'frame')}; write .mp4, .webm or .gif (or ask for one frame)")  # fmt: skip
     video_path, json_path = clip.save(out)
-    for note in notices:
-        typer.echo(f"note: {note}")
+    for note in (*notices, *duration_notice(seconds, fps, T), _even_note(video_path, width, height)):
+        if note:
+            typer.echo(f"note: {note}")
     typer.echo(f"caption: {clip.caption}")
-    typer.echo(f"wrote {video_path} ({clip.frames.shape[0]} frames, {width}x{height} @ {fps:g} fps) and {json_path}")
+    typer.echo(f"wrote {video_path} ({plural(T, 'frame')}, {width}x{height} @ {fps:g} fps) and {json_path}")
 
 
 @world_app.command("dataset")
@@ -442,6 +518,7 @@ def world_dataset(
     """Write COUNT clips of varied sizes, aspect ratios and durations plus a JSONL manifest."""
     from kinema.world.dataset import write_dataset
 
+    check_folder(out, "--out")
     manifest = write_dataset(out, count, seed=seed)
     typer.echo(f"wrote {count} clips and {manifest}")
 
@@ -456,6 +533,8 @@ def data_index(
     """Write a manifest of every readable clip: path, fps, frames, width, height, caption (from a .txt/.json sidecar)."""
     from kinema.data import index_folder
 
+    if out is not None:
+        check_out(out, None, example="manifest.jsonl")
     result = index_folder(folder, out or folder / "manifest.jsonl")
     typer.echo(f"indexed {result.rows} clips into {result.manifest}; "
                f"{len(result.errors)} unreadable files skipped (listed in {result.errors_file})")  # fmt: skip
@@ -520,6 +599,7 @@ def data_encode(
     from kinema.train.common import init_distributed, shutdown
     from kinema.vae import load_vae
 
+    check_folder(out, "--out")
     if not (text_encoder in ("builtin", "none") or text_encoder.startswith(("builtin:", "hf:"))):
         raise KinemaError(f"--text-encoder must be builtin or hf:DIR; got {text_encoder!r}")
     if (model is None) == (vae is None):
@@ -589,6 +669,7 @@ def train_vae_cmd(
     from kinema.train.common import check_resume, latest_checkpoint
     from kinema.train.vae import VAETrainConfig, check_encoder_kept, export_vae, train_vae
 
+    check_folder(run, "RUN")
     if export_only:
         typer.echo(f"exported the EMA weights to {export_vae(run)}")
         return
@@ -599,7 +680,7 @@ def train_vae_cmd(
     if frames is not None:
         given["frames"] = parse_ints(frames, "--frames")
     if sizes is not None:
-        given["sizes"] = tuple(parse_size(s)[::-1] for s in sizes.split(","))
+        given["sizes"] = tuple(parse_size(s, "--sizes")[::-1] for s in sizes.split(","))
     given = {k: v for k, v in given.items() if v is not None}
     saved, base = run / "config.json", None
     if saved.is_file():  # resuming: the run's own settings, changed only where an option is given
@@ -639,6 +720,7 @@ def train_dit_cmd(
     from kinema.train.common import check_resume, latest_checkpoint
     from kinema.train.dit import DiTTrainConfig, export_dit, train_dit
 
+    check_folder(run, "RUN")
     source = config or (run / "config.json")
     overrides = {}
     for item in settings:
@@ -815,6 +897,8 @@ def eval_vae_cmd(
     """PSNR (whole clips, first frames, later frames), SSIM, compression ratio and encode/decode speed on held-out Kinema World clips, at a trained size and two unseen sizes."""
     from kinema.vae.evaluate import evaluate_vae
 
+    if (frames - 1) % 4:
+        raise KinemaError(f"--frames must be 1 + 4k (1, 5, 9, 17, ...); got {frames}")
     print_table(evaluate_vae(model, clips=clips, frames=frames))
 
 
@@ -939,6 +1023,10 @@ def main() -> None:
         app()
     except KinemaError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path that cannot be used
+        where = f"{e.filename}: " if e.filename else ""
+        typer.secho(f"error: {where}{e.strerror or e}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)

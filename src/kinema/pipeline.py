@@ -662,6 +662,9 @@ class Pipeline:
                 how = "scaled to cover, centre-cropped" if fit_mode == "cover" else "scaled to fit, letterboxed"
                 notes = (f"fitted the {frames.shape[2]}x{frames.shape[1]} input to {w}x{h} ({how})",)
             frames = fit_frames(frames, w, h, fit_mode)
+        elif max(frames.shape[1:3]) > tasks.MAX_SIDE:  # its own size: within the limit of any size asked
+            raise KinemaError(f"the input is {frames.shape[2]}x{frames.shape[1]}, larger than {tasks.MAX_SIDE} pixels "
+                              "a side; give width / height (--size) to fit it smaller")  # fmt: skip
         *_, box, grid_note = self._grid(frames.shape[2], frames.shape[1])
         return pad_frames(frames, box), float(fps or video.fps), box, notes + grid_note
 
@@ -670,13 +673,12 @@ class Pipeline:
         k = max(1, min(k, 1 + (len(frames) - 1) // self.temporal))
         return self.encode(frames[len(frames) - tasks.tail_span(k, self.temporal) :]), k
 
-    def _head(self, frames: Tensor, k: int) -> tuple[Tensor, int]:
-        """Head context latents (C, k, h, w) of padded frames; needs at least 1 + 4 frames."""
+    def _head(self, frames: Tensor, k: int, what: str = "a clip to be continued from its start") -> tuple[Tensor, int]:
+        """Head context latents (C, k, h, w) of padded frames; needs at least 1 + 4 frames
+        (`what`: the clip, named in the error)."""
         k = min(k, (len(frames) - 1) // self.temporal)
         if k < 1:
-            raise KinemaError(
-                f"a clip to be continued from its start needs at least {1 + self.temporal} frames; got {len(frames)}"
-            )
+            raise KinemaError(f"{what} needs at least {1 + self.temporal} frames; got {len(frames)}")
         return tasks.head_context(self.encode(frames[: tasks.head_span(k, self.temporal)])), k
 
     # ------------------------------------------------------------ tasks
@@ -749,7 +751,7 @@ class Pipeline:
             ctx, k = self._tail(frames, context)
             plan, task = tasks.extend_forward(ctx, n), "extend_forward"
         else:
-            ctx, k = self._head(frames, context)
+            ctx, k = self._head(frames, context, "a video to extend backward")
             plan, task = tasks.extend_backward(ctx, n + 1), "extend_backward"
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
@@ -779,7 +781,7 @@ class Pipeline:
         m = max(1, (count + 1 + self.temporal // 2) // self.temporal)  # 4m - 1 middle frames, nearest count
         caption, said = self.read_prompt(prompt, seed, expand)
         tail, ka = self._tail(fa, context)
-        head, kb = self._head(fb, context)
+        head, kb = self._head(fb, context, "the second video of a connect (continued back from its start)")
         plan = tasks.connect(tail, head, m)
         z = self.sample(plan, caption, negative_prompt, steps=s["steps"], guidance=s["guidance"], seed=seed,
                         method=method, progress=progress, callback=callback)  # fmt: skip
@@ -854,7 +856,7 @@ class Pipeline:
         t = self._timing(s["seconds"], s["fps"])
         Wd, Ht, box, _ = self._grid(*self._size(width, height))
         total = t.made
-        W = tasks.latent_frames_for(window, t.rate, self.temporal)  # latent frames a window
+        W = tasks.latent_frames_for(tasks.check_window(window), t.rate, self.temporal)  # latent frames a window
         k = max(1, min(context, W - 1))
         caption, _ = self.read_prompt(prompt, seed, expand)
         kw = dict(steps=s["steps"], guidance=s["guidance"], method=method, progress=progress)
@@ -892,6 +894,7 @@ class Pipeline:
         does not grow with the length; without it the frames are returned. `on_window` is called
         with each finished window (after it is written), for progress."""
         t = self._timing(seconds, kw.get("fps") or self.defaults["fps"])  # checked before a file is opened
+        window = tasks.check_window(window)
         fps = t.fps
         caption, said = self.read_prompt(prompt, kw.get("seed", 0), kw.get("expand"))
         notes = self._grid(*self._size(kw.get("width"), kw.get("height")))[3] + t.notices
@@ -960,7 +963,8 @@ class StreamWriter:
         cc.color_range = 1  # limited
 
     def write(self, frames: Tensor) -> None:
-        """Append uint8 frames (T, H, W, 3); an odd H or W is padded to even by edge replication."""
+        """Append uint8 frames (T, H, W, 3); for H.264 an odd H or W is padded to even by edge
+        replication (VP9 keeps it)."""
         if self.codec is None:
             self.kept.append(frames)
             return
@@ -968,7 +972,7 @@ class StreamWriter:
         from av.video.reformatter import ColorRange, Colorspace
 
         H, W = frames.shape[1:3]
-        if H % 2 or W % 2:  # yuv420p H.264 / VP9 code even sizes: repeat the last row / column, as write_video
+        if self.codec[1] == "libx264" and (H % 2 or W % 2):  # yuv420p H.264 codes even sizes: repeat the last row / column, as write_video
             frames = F.pad(rearrange(frames, "t h w c -> t c h w").float(), (0, W % 2, 0, H % 2), mode="replicate")
             frames = rearrange(frames.to(torch.uint8), "t c h w -> t h w c").contiguous()
         if self.container is None:

@@ -265,9 +265,9 @@ def plan(model: str | ModelSpec, width: int, height: int, seconds: float, fps: f
     if width <= 0 or height <= 0:
         raise KinemaError(f"--size must be positive; got {width}x{height}")
     fps = spec.fps if fps is None else fps
-    if seconds <= 0 or fps <= 0:
-        raise KinemaError(f"--seconds and --fps must be positive; got {seconds} s at {fps} fps")
-    if gpus < 1 or gpu_memory_gb <= 0:
+    if not (0 < seconds < math.inf and 0 < fps < math.inf):
+        raise KinemaError(f"--seconds and --fps must be positive numbers; got {seconds} s at {fps} fps")
+    if gpus < 1 or not 0 < gpu_memory_gb < math.inf:
         raise KinemaError(f"--gpus must be >= 1 and --gpu-memory > 0; got {gpus} and {gpu_memory_gb}")
     if precision not in ("bf16", "fp32"):
         raise KinemaError(f"precision must be bf16 or fp32; got {precision!r}")

@@ -70,12 +70,14 @@ from kinema.sampling import Plan
 __all__ = [
     "MAX_FPS",
     "MAX_SECONDS",
+    "MAX_SIDE",
     "Plan",
     "Timing",
     "check_fps",
     "check_frame_rates",
     "check_seconds",
     "check_size",
+    "check_window",
     "covering_size",
     "connect",
     "duration_notice",
@@ -100,16 +102,20 @@ TEMPORAL = 4  # pixel frames per latent frame after the first (the VAE's tempora
 SIZE_MULTIPLE = 16  # pixels per token side: the VAE's 8 x the patch's 2
 MAX_SECONDS = 3600.0  # the long-video limit; long videos are made in windows, so memory does not grow
 MAX_FPS = 240.0
+MAX_SIDE = 8192  # pixels a side (8K, where H.264's levels end); 10000x10000 ran until the memory ran out
 
 
 # ---------------------------------------------------------------- sizes and frame counts
 
 
 def check_size(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """(width, height) if both are positive whole numbers of pixels, else KinemaError. Any size
-    is made: on the covering grid (`covering_size`), then cropped back (the pipeline)."""
+    """(width, height) if both are positive whole numbers of pixels up to MAX_SIDE, else
+    KinemaError. Any such size is made: on the covering grid (`covering_size`), then cropped back
+    (the pipeline)."""
     if int(width) != width or int(height) != height or width < 1 or height < 1:
         raise KinemaError(f"width and height must be positive whole numbers of pixels; got {width}x{height}")
+    if max(width, height) > MAX_SIDE:
+        raise KinemaError(f"width and height must be at most {MAX_SIDE} pixels; got {width}x{height}")
     return int(width), int(height)
 
 
@@ -156,6 +162,12 @@ def check_seconds(seconds: float) -> float:
 def check_fps(fps: float) -> float:
     """`fps` as a float if it is a positive finite number up to MAX_FPS, else KinemaError."""
     return _positive(fps, "fps", MAX_FPS)
+
+
+def check_window(window: float) -> float:
+    """A long video's window in seconds as a float if it is a positive finite number up to
+    MAX_SECONDS, else KinemaError."""
+    return _positive(window, "window", MAX_SECONDS, " seconds")
 
 
 def check_frame_rates(rates) -> tuple[float, float]:

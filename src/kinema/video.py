@@ -397,8 +397,13 @@ def _image_fps(image: Image.Image) -> float:
 
 
 def _image_to_rgb(image: Image.Image) -> np.ndarray:
-    """Pillow image -> uint8 (H, W, 3), EXIF orientation applied, alpha dropped."""
-    return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+    """Pillow image -> uint8 (H, W, 3), EXIF orientation applied, alpha dropped. A 16-bit
+    greyscale image (Pillow's modes I;16* and I) is scaled to 8 bits, not clipped at 255."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.asarray(image, dtype=np.float64) / 257  # 0 - 65535 -> 0 - 255
+        return np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    return np.array(image.convert("RGB"))
 
 
 # ---------------------------------------------------------------- writing
@@ -451,12 +456,29 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps:
                 Image.fromarray(array[0]).save(tmp, format=image_format, **options)
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise VideoError(f"{path}: cannot write ({err.strerror or err})") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
     return path
+
+
+def stored_size(path: str | os.PathLike, width: int, height: int) -> tuple[int, int]:
+    """The (width, height) a file at `path` holds frames of width x height at: .mp4, .mov and
+    .mkv (yuv420p H.264) pad an odd side to the next even one (module doc); the others keep it."""
+    settings = _CONTAINERS.get(Path(path).suffix.lower(), (None, {}))[1]
+    if settings.get("even"):
+        return width + width % 2, height + height % 2
+    return width, height
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file if it is there; a path that cannot hold it (its folder is a file) holds none."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _write_encoded(tmp: Path, frames: np.ndarray, fps: float, crf: int, container_format: str,

@@ -75,6 +75,8 @@ class EncodeOptions:
             raise KinemaError(f"max_size must be at least {self.multiple} pixels; got {self.max_size}")
         if self.max_frames is not None and self.max_frames < 1:
             raise KinemaError(f"max_frames must be >= 1; got {self.max_frames}")
+        if self.fps is not None and not 0 < self.fps < math.inf:
+            raise KinemaError(f"fps must be a positive number; got {self.fps}")
         if self.dtype not in DTYPES:
             raise KinemaError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
 

@@ -366,6 +366,11 @@ class WorldStream(PackedSequences):
         self._things: dict[int, np.ndarray] = {}  # clip -> its latent cells that hold a thing
         if epoch_size < 1 or (clips is not None and clips < 1):
             raise KinemaError(f"epoch_size and clips must be >= 1; got {epoch_size}, {clips}")
+        if not (fps_choices and all(0 < f < float("inf") for f in fps_choices)):
+            raise KinemaError(f"the world's frame rates (world_fps) must be positive numbers; got {tuple(fps_choices)}")
+        if not 0 < min_seconds <= max_seconds < float("inf"):
+            raise KinemaError(f"the world's durations need 0 < world_min_seconds <= world_max_seconds; "
+                              f"got {min_seconds}, {max_seconds}")  # fmt: skip
         self.vae = vae
         self.knobs = dict(min_side=int(min_side), max_side=int(max_side), min_seconds=float(min_seconds),
                           max_seconds=float(max_seconds), fps_choices=tuple(float(f) for f in fps_choices))  # fmt: skip

@@ -75,6 +75,8 @@ class VAETrainConfig:
             raise KinemaError("loss weights (l1, ssim, kl, mse, detail) must be >= 0")
         if self.batch < 1 or self.steps < 1:
             raise KinemaError("--batch and --steps must be >= 1")
+        if not 0 < self.lr < math.inf:
+            raise KinemaError(f"--lr must be a positive number; got {self.lr}")
         if self.workers < 0:
             raise KinemaError(f"--workers must be >= 0; got {self.workers}")
         for f in self.frames:
@@ -82,7 +84,7 @@ class VAETrainConfig:
                 raise KinemaError(f"--frames: every clip length must be 1 + 4k (1, 5, 9, 17, ...); got {f}")
         for h, w in self.sizes:
             if h % 8 or w % 8 or h < 8 or w < 8:
-                raise KinemaError(f"--sizes: height and width must be multiples of 8; got {h}x{w}")
+                raise KinemaError(f"--sizes: width and height must be positive multiples of 8; got {w}x{h}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -488,6 +488,12 @@ def _fail(message: str) -> KinemaError:
     return KinemaError(f"{message}; {_vocabulary()}")
 
 
+def _quote(text: str, limit: int = 80) -> str:
+    """The prompt as an error message quotes it: repr, a long one cut to its first `limit` characters."""
+    text = text.strip()
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 # ---------------------------------------------------------------- tokens
 
 
@@ -537,7 +543,7 @@ def _tokens(text: str, lenient: bool = False) -> list[_Token]:
 
 
 def _unknown(word: str, text: str) -> KinemaError:
-    return _fail(f"Kinema World does not know {word!r} (in {text.strip()!r})")
+    return _fail(f"Kinema World does not know {word!r} (in {_quote(text)})")
 
 
 # ---------------------------------------------------------------- the draft a text describes
@@ -692,7 +698,7 @@ class _Reader:
     def _pend(self, tok: _Token) -> None:
         if tok.kind in self.pending:
             old = self.pending[tok.kind].text
-            raise _fail(f"two {tok.kind}s for one thing, {old!r} and {tok.text!r}, in {self.text!r}")
+            raise _fail(f"two {tok.kind}s for one thing, {old!r} and {tok.text!r}, in {_quote(self.text)}")
         self.pending[tok.kind] = tok
 
     def _take_pending(self, noun: _Token, *allowed: str) -> dict[str, _Token]:
@@ -703,7 +709,7 @@ class _Reader:
         taken, self.pending = self.pending, {}
         for kind, tok in taken.items():
             if kind not in allowed:
-                raise _fail(f"{tok.text!r} cannot describe {noun.text!r} in {self.text!r}")
+                raise _fail(f"{tok.text!r} cannot describe {noun.text!r} in {_quote(self.text)}")
         return taken
 
     def _noun(self, tok: _Token, shape: str | None) -> None:
@@ -739,7 +745,7 @@ class _Reader:
         self.orphans = False
         if self.pending:
             words = " ".join(t.text for t in self.pending.values())
-            raise _fail(f"{words!r} does not describe anything in {self.text!r}")
+            raise _fail(f"{words!r} does not describe anything in {_quote(self.text)}")
         self.subject, self.joinable, self.expect = None, False, None
 
     # -------- motion and direction
@@ -760,7 +766,7 @@ class _Reader:
         elif self.subject == "camera":
             self._camera_motion(tok)
         elif tok.value != "static":  # "the post stands", "the stroke stays": nothing to record
-            raise _fail(f"{tok.text!r} cannot describe the {self.subject} in {self.text!r}")
+            raise _fail(f"{tok.text!r} cannot describe the {self.subject} in {_quote(self.text)}")
 
     def _apply_motion(self, group: _Group, tok: _Token) -> None:
         old, new = group.motion, tok.value
@@ -776,7 +782,7 @@ class _Reader:
             group.left_out.append(said)
             return
         else:
-            raise _fail(f"{group.text!r} gives two motions, {old} and {new}, in {self.text!r}")
+            raise _fail(f"{group.text!r} gives two motions, {old} and {new}, in {_quote(self.text)}")
         group.words.append(tok.text)
 
     def _collide(self, tok: _Token, nxt: _Token | None) -> None:
@@ -791,7 +797,7 @@ class _Reader:
                 group.collide = True
             self.joinable = False
         else:
-            raise _fail(f"{tok.text!r} cannot describe the {self.subject} in {self.text!r}")
+            raise _fail(f"{tok.text!r} cannot describe the {self.subject} in {_quote(self.text)}")
 
     def _direct(self, tok: _Token) -> None:
         if self.subject is None:  # "to the left, a ball rolls"
@@ -808,7 +814,7 @@ class _Reader:
             camera = self.draft.camera
             camera.direction = self._same(camera.direction, tok.value, "camera directions")
         else:
-            raise _fail(f"{tok.text!r} cannot describe the {self.subject} in {self.text!r}")
+            raise _fail(f"{tok.text!r} cannot describe the {self.subject} in {_quote(self.text)}")
 
     # -------- camera, brush, background
 
@@ -827,7 +833,7 @@ class _Reader:
     def _camera_motion(self, tok: _Token) -> None:
         motion = {"static": "static", "slide": "pan", "pan": "pan"}.get(tok.value)
         if motion is None:
-            raise _fail(f"the camera can only stay still or pan, not {tok.text!r}, in {self.text!r}")
+            raise _fail(f"the camera can only stay still or pan, not {tok.text!r}, in {_quote(self.text)}")
         camera = self.draft.camera
         camera.motion = self._same(camera.motion, motion, "camera motions")
 
@@ -852,7 +858,7 @@ class _Reader:
         tones = _SKY_TONES if what == "sky" else _GROUND_TONES
         if tok.text not in tones:
             known = ", ".join(SKY_COLORS if what == "sky" else GROUND_COLORS)
-            raise _fail(f"{tok.text!r} is not a {what} of Kinema World ({known}) in {self.text!r}")
+            raise _fail(f"{tok.text!r} is not a {what} of Kinema World ({known}) in {_quote(self.text)}")
         self._set(what, tones[tok.text])
 
     def _set(self, what: str, value: str) -> None:
@@ -860,7 +866,7 @@ class _Reader:
 
     def _same(self, old: str | None, new: str, what: str) -> str:
         if old is not None and old != new:
-            raise _fail(f"two {what}, {old!r} and {new!r}, in {self.text!r}")
+            raise _fail(f"two {what}, {old!r} and {new!r}, in {_quote(self.text)}")
         return new
 
 
@@ -961,7 +967,7 @@ def _pair_colliders(groups: list[_Group], notices: list[str]) -> None:
 def _check_count(draft: _Draft, text: str) -> None:
     total = sum(g.count for g in draft.groups)
     if total > MAX_OBJECTS:
-        raise KinemaError(f"{text.strip()!r} names {total} objects; a scene holds at most {MAX_OBJECTS}")
+        raise KinemaError(f"{_quote(text)} names {total} objects; a scene holds at most {MAX_OBJECTS}")
 
 
 def _fill_object(group: _Group, rng: random.Random, used: set, collide_side: str | None) -> ObjectSpec:
