@@ -288,6 +288,7 @@ def test_world_stream_packs_clips_and_images_within_the_budget():
 
 @pytest.mark.parametrize("bad, words", [(dict(fps_choices=(0.0,)), "world_fps"), (dict(fps_choices=()), "world_fps"),
                                         (dict(min_seconds=0.0), "world_min_seconds"),
+                                        (dict(min_side=0), "world_min_side"), (dict(min_side=96, max_side=64), "world_max_side"),
                                         (dict(min_seconds=2.0, max_seconds=1.0), "world_min_seconds")])  # fmt: skip
 def test_world_stream_rejects_frame_rates_and_durations_it_cannot_render(bad, words):
     # world_fps=0 divided by zero in the first batch's render

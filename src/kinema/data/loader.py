@@ -368,6 +368,8 @@ class WorldStream(PackedSequences):
             raise KinemaError(f"epoch_size and clips must be >= 1; got {epoch_size}, {clips}")
         if not (fps_choices and all(0 < f < float("inf") for f in fps_choices)):
             raise KinemaError(f"the world's frame rates (world_fps) must be positive numbers; got {tuple(fps_choices)}")
+        if not 0 < min_side <= max_side:
+            raise KinemaError(f"the world's sizes need 0 < world_min_side <= world_max_side; got {min_side}, {max_side}")
         if not 0 < min_seconds <= max_seconds < float("inf"):
             raise KinemaError(f"the world's durations need 0 < world_min_seconds <= world_max_seconds; "
                               f"got {min_seconds}, {max_seconds}")  # fmt: skip
