@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -96,6 +97,13 @@ def test_gif_rate_that_does_not_divide_100_reads_back_as_its_mean(tmp_path):
     assert v.fps == pytest.approx(24)
 
 
+def test_one_frame_gif_is_a_still_at_the_default_rate(tmp_path):
+    Image.fromarray(smooth(1)[0]).save(tmp_path / "still.gif")  # one frame, one 1/100 s delay
+    v = read_video(tmp_path / "still.gif")
+    assert v.frames.shape == (1, 48, 64, 3) and v.fps == DEFAULT_FPS  # not 100 fps
+    assert probe(tmp_path / "still.gif").fps == DEFAULT_FPS
+
+
 def test_16_bit_grey_png_is_scaled_to_8_bits(tmp_path):
     grey = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
     Image.fromarray(grey).save(tmp_path / "deep.png")  # Pillow reads it as mode I;16 (or I)
@@ -144,6 +152,16 @@ def test_animated_webp_reads_every_frame(tmp_path):
     assert probe(tmp_path / "anim.webp").frames == 6
 
 
+@pytest.mark.parametrize("name", ["anim.webp", "anim.png"])
+def test_animated_image_with_uneven_delays_reads_at_its_mean_rate(tmp_path, name):
+    images = [Image.fromarray(f) for f in numbered(5)]
+    images[0].save(tmp_path / name, save_all=True, append_images=images[1:], duration=[1000, 100, 100, 100, 100])
+    v, info = read_video(tmp_path / name), probe(tmp_path / name)
+    assert ids(v) == list(range(5))
+    assert v.fps == pytest.approx(5 / 1.4) == info.fps  # 5 frames in 1.4 s, as a GIF reads; not 1 fps
+    assert info.duration == pytest.approx(1.4)
+
+
 def test_display_rotation_is_applied(tmp_path):
     frames = smooth(3)  # (3, 48, 64, 3)
     path = tmp_path / "phone.mp4"
@@ -158,6 +176,26 @@ def test_display_rotation_is_applied(tmp_path):
     assert v.frames.shape == (3, 64, 48, 3)
     assert mae(v.frames, np.rot90(frames, 1, axes=(1, 2))) < 3
     assert (probe(path).width, probe(path).height) == (48, 64)
+
+
+@pytest.mark.parametrize("sar, shown", [((2, 1), (48, 64)), ((1, 2), (96, 32))])
+def test_non_square_pixels_are_stretched_to_the_shape_a_player_shows(tmp_path, sar, shown):
+    frames = np.zeros((3, 48, 32, 3), np.uint8)  # stored 32x48: left half red, right half blue
+    frames[:, :, :16, 0] = frames[:, :, 16:, 2] = 255
+    path = tmp_path / "anamorphic.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 32, 48, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(*sar)
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode(None))
+    v = read_video(path)
+    assert v.frames.shape == (3, *shown, 3)
+    half = shown[1] // 2
+    assert v.frames[:, :, : half - 2, 0].float().mean() > 240 and v.frames[:, :, half + 2 :, 2].float().mean() > 240
+    assert (probe(path).height, probe(path).width) == shown
+    assert kv.read_frames_at(path, [1]).shape == (1, *shown, 3)
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".webm", ".gif"])
@@ -226,6 +264,62 @@ def test_max_frames_stops_decoding_early(tmp_path):
     with pytest.raises(VideoError, match="truncated"):
         read_video(cut)
     assert ids(read_video(cut, max_frames=3)) == [0, 1, 2]
+
+
+def mux_with_audio(path: Path, container_format: str, codec: str, audio_codec: str, frames: np.ndarray,
+                   pts_ms: list[int] | None = None) -> Path:
+    """frames at 24 fps (or at these times in ms), and an audio track that runs a little longer."""
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        if pts_ms is not None:
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        audio = container.add_stream(audio_codec, rate=48000)
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        seconds = (pts_ms[-1] / 1000 if pts_ms else len(frames) / 24) + 0.1
+        tone = np.sin(np.arange(int(48000 * seconds)) / 20).astype(np.float32)[None] * 0.3
+        sound = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+        sound.sample_rate, sound.pts = 48000, 0
+        for packet in [*audio.encode(sound), *audio.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix, container_format, codec, audio_codec",
+                         [(".mkv", "matroska", "libx264", "aac"), (".webm", "webm", "libvpx-vp9", "libopus")])  # fmt: skip
+def test_truncated_video_with_audio_is_caught(tmp_path, suffix, container_format, codec, audio_codec):
+    whole = mux_with_audio(tmp_path / f"whole{suffix}", container_format, codec, audio_codec, numbered(20))
+    assert ids(read_video(whole)) == list(range(20))
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    for read in (read_video, probe):  # not a silently shorter clip
+        with pytest.raises(VideoError, match="truncated"):
+            read(cut)
+
+
+@pytest.mark.parametrize("audio", [False, True])
+def test_variable_rate_mkv_with_a_long_pause_is_not_taken_for_truncated(tmp_path, audio):
+    pts_ms = [33 * i for i in range(40)] + [5000 + 33 * i for i in range(5)]  # 30 fps, a 3.7 s pause, 5 more
+    path = tmp_path / "screen.mkv"
+    if audio:
+        mux_with_audio(path, "matroska", "libx264", "aac", numbered(45, 16, 16), pts_ms)
+    else:
+        with av.open(str(path), "w", format="matroska") as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+            for t, f in zip(pts_ms, numbered(45, 16, 16)):
+                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+                frame.pts, frame.time_base = t, Fraction(1, 1000)
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+    assert len(read_video(path).frames) == 45  # every frame, read at the stream's average rate
+    assert probe(path).frames == 45
 
 
 # ---------------------------------------------------------------- model layout

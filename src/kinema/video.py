@@ -10,10 +10,12 @@ Layout
 Reading (`read_video`, `probe`)
 - Videos (mp4, mov, mkv, webm, avi, gif, apng, ...) are decoded with PyAV; still and animated
   images (png, jpg, webp, bmp, tiff) with Pillow, which also knows animated WebP and EXIF
-  orientation. A display rotation stored in a video (phones) is applied, so frames come out
-  upright, as a player shows them.
+  orientation. A display rotation stored in a video (phones) is applied, and non-square pixels
+  (an anamorphic video's sample aspect ratio) are stretched to square ones, never shrunk, so
+  frames come out upright and in shape, as a player shows them.
 - Frame times are index / fps at the stream's average rate, counted from `start_frame`: a
-  variable-rate file is read as if it had a constant rate.
+  variable-rate file (or an animated image with uneven delays) is read as if it had a constant
+  rate. A one-frame GIF is a still and gets `DEFAULT_FPS`, as other stills do.
 - `fps=` resamples by sample and hold: output frame k shows the source frame that is on screen
   at time k / fps (see `resample_indices`). Frames that are dropped are decoded (later frames
   depend on them) but never converted to RGB, and decoding stops once `max_frames` are kept.
@@ -213,11 +215,10 @@ def read_video(
         stream = _video_stream(container, path)
         src_fps = _stream_fps(stream)
         _check_index(path, container, stream)
-        kept, seen, stopped = _pick(
-            container.decode(stream), _FrameToRGB(), src_fps, fps, start_frame, max_frames
-        )
+        decoded = _Tail(container.decode(stream))
+        kept, seen, stopped = _pick(decoded, _FrameToRGB(stream), src_fps, fps, start_frame, max_frames)
         if not stopped:
-            _check_duration(path, container, stream, seen, src_fps)
+            _check_duration(path, container, stream, seen, src_fps, decoded.last)
     _check_kept(path, kept, seen, start_frame)
     frames = torch.from_numpy(np.stack(kept))  # (T, H, W, 3)
     return Video(frames, float(fps or src_fps))
@@ -247,8 +248,9 @@ def read_frames_at(path: str | os.PathLike, indices: list[int]) -> np.ndarray:
                     found[i] = _image_to_rgb(image)
     else:
         with _av_errors(path, "decode"), _open(path) as container:
-            to_rgb, seen = _FrameToRGB(), None
-            for i, frame in enumerate(container.decode(_video_stream(container, path))):
+            stream = _video_stream(container, path)
+            to_rgb, seen = _FrameToRGB(stream), None
+            for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
                     found[i] = to_rgb(frame)
                 seen = (i, frame)
@@ -280,11 +282,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         first = next(decoded, None)
         if first is None:
             raise VideoError(f"{path}: the video has no frames")
-        height, width = _FrameToRGB()(first).shape[:2]
+        height, width = _FrameToRGB(stream)(first).shape[:2]
         frames = stream.frames
         if frames <= 0:  # not in the header: count by decoding
-            frames = 1 + sum(1 for _ in decoded)
-            _check_duration(path, container, stream, frames, src_fps)
+            rest = _Tail(decoded)
+            frames = 1 + sum(1 for _ in rest)
+            _check_duration(path, container, stream, frames, src_fps, rest.last or first)
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
         else:
@@ -306,6 +309,8 @@ def _video_stream(container, path: Path):
 
 
 def _stream_fps(stream) -> float:
+    if stream.codec_context.name == "gif" and stream.frames == 1:
+        return DEFAULT_FPS  # a still: its one delay is no frame rate
     if stream.codec_context.name == "gif" and stream.frames > 0 and stream.duration:
         # Delays are whole 1/100 s and may alternate (4, 4, 5 for 24 fps): take the mean.
         return stream.frames / float(stream.duration * stream.time_base)
@@ -316,32 +321,73 @@ def _stream_fps(stream) -> float:
 
 
 class _FrameToRGB:
-    """av.VideoFrame -> uint8 (H, W, 3), upright; later frames take the first frame's size."""
+    """av.VideoFrame -> uint8 (H, W, 3), upright and with square pixels; later frames take the
+    first frame's size."""
 
-    def __init__(self):
+    def __init__(self, stream):
         self.size: tuple[int, int] | None = None
         self.quarter_turns = 0
+        sar = stream.sample_aspect_ratio  # None or 0 when unknown; beyond 1:16 - 16:1 is damage
+        self.sar = sar if sar and 1 / 16 <= sar <= 16 else 1
 
     def __call__(self, frame) -> np.ndarray:
         if self.size is None:
-            self.size = (frame.width, frame.height)
+            width, height = frame.width, frame.height
+            if self.sar > 1:  # wide pixels: stretch the width
+                width = round(width * self.sar)
+            elif self.sar < 1:  # tall pixels: stretch the height
+                height = round(height / self.sar)
+            self.size = (width, height)
             self.quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise
         width, height = self.size
         rgb = frame.to_ndarray(format="rgb24", width=width, height=height)  # (H, W, 3)
         return np.rot90(rgb, self.quarter_turns) if self.quarter_turns else rgb
 
 
-def _check_duration(path: Path, container, stream, seen: int, src_fps: float) -> None:
-    """mkv / webm store a duration but no frame count: raise if a fully decoded file that holds
-    only this stream falls clearly short of that duration (a download that stopped early)."""
-    if stream.frames > 0 or len(container.streams) != 1 or not container.duration:
-        return  # a counted or indexed container (mp4: `_check_index`), or audio may run longer
-    expected = round(container.duration / av.time_base * src_fps)
-    if seen < expected - max(2, expected // 20):
+class _Tail:
+    """Iterate `frames`, remembering the last one (`last`)."""
+
+    def __init__(self, frames: Iterable):
+        self.frames, self.last = frames, None
+
+    def __iter__(self):
+        for frame in self.frames:
+            self.last = frame
+            yield frame
+
+
+def _check_duration(path: Path, container, stream, seen: int, src_fps: float, last) -> None:
+    """mkv / webm store a duration but no frame count: raise if a fully decoded video, whose last
+    frame is `last` (the `seen`-th), ends clearly before its duration (a download that stopped
+    early). Its end is the last frame's time plus a frame, so a variable rate (a long pause) is no
+    shortfall. The video's duration is its own DURATION tag (FFmpeg and mkvmerge write one a
+    stream, in the header), else the file's when the video is its only stream (beside audio, the
+    file's may be the audio's, longer)."""
+    if stream.frames > 0:
+        return  # a counted or indexed container (mp4: `_check_index`)
+    seconds = _tag_seconds(stream.metadata.get("DURATION"))
+    if seconds is None and len(container.streams) == 1 and container.duration:
+        seconds = container.duration / av.time_base
+    if not seconds:
+        return
+    if last is not None and last.pts is not None and stream.time_base:
+        end = float((last.pts - (stream.start_time or 0)) * stream.time_base) + 1 / src_fps
+    else:
+        end = seen / src_fps
+    if end < seconds - max(2 / src_fps, seconds / 20):
         raise VideoError(
-            f"{path}: truncated: its header gives {expected} frames of duration but only "
-            f"{seen} decode; re-download or re-encode the file"
+            f"{path}: truncated: its header gives {seconds:.2f} s but the {seen} frames that decode "
+            f"end at {end:.2f} s; re-download or re-encode the file"
         )
+
+
+def _tag_seconds(tag: str | None) -> float | None:
+    """A Matroska DURATION tag, "HH:MM:SS.nnnnnnnnn", in seconds; None if absent or malformed."""
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except (AttributeError, ValueError):
+        return None
 
 
 def _check_index(path: Path, container, stream) -> None:
@@ -389,11 +435,15 @@ def _probe_image(path: Path) -> VideoInfo:
 
 
 def _image_fps(image: Image.Image) -> float:
-    """Rate of an animated image, from its first frame's delay in milliseconds."""
+    """Rate of an animated image: its frame count over the sum of its frames' delays (in
+    milliseconds), so uneven delays (a first frame held longer) give the mean rate, as a GIF's."""
+    total = 0.0
+    for i in range(image.n_frames):
+        image.seek(i)
+        image.load()  # WebP reports the delay once the frame is decoded
+        total += image.info.get("duration") or 0
     image.seek(0)
-    image.load()  # WebP reports the delay once the frame is decoded
-    delay = image.info.get("duration") or 0
-    return 1000.0 / delay if delay > 0 else DEFAULT_FPS
+    return 1000.0 * image.n_frames / total if total > 0 else DEFAULT_FPS
 
 
 def _image_to_rgb(image: Image.Image) -> np.ndarray:
