@@ -125,7 +125,8 @@ def test_edit_of_a_clip_to_a_still_fails_before_the_model_loads(tmp_path, monkey
 
 def test_a_very_long_generate_is_made_in_windows_without_being_asked(tmp_path, monkeypatch, capsys):
     """Past LONG times the model's default duration, one pass would grow with the length squared
-    (an hour never finished): generate switches to windows of the default length, and says so."""
+    (an hour at 128x128: one step did not finish in 30 s): generate switches to windows of the
+    default length, and says so."""
     from kinema import cli
     from kinema.video import read_video
 
