@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
 
+from kinema.errors import KinemaError
 from kinema.train.vae import VAETrainConfig, world_batch
 from kinema.vae import CausalVAE, LossWeights, VAEConfig, load_vae, psnr, vae_loss
 
@@ -26,15 +28,18 @@ from kinema.vae import CausalVAE, LossWeights, VAEConfig, load_vae, psnr, vae_lo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=1200, help="optimizer steps on the same 4 clips")
-    p.add_argument("--init", default="world-vae", help="world-vae (the shipped VAE) or tiny (a fresh one)")
+    p.add_argument("--init", default="world-vae", help="world-vae (shipped), a VAE folder, or tiny (a fresh one)")
     p.add_argument("--lr", type=float, default=1e-4, help="constant learning rate (AdamW)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = VAETrainConfig(sizes=((64, 64),), frames=(17,))
     x = torch.cat([world_batch(data, step, range(2)) for step in range(2)])  # (4, 3, 17, 64, 64)
-    model = CausalVAE(VAEConfig.tiny()) if args.init == "tiny" else load_vae(args.init).train()
+    try:
+        model = CausalVAE(VAEConfig.tiny()) if args.init == "tiny" else load_vae(args.init).train()
+    except KinemaError as e:
+        sys.exit(f"error: {e}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     weights = LossWeights(l1=1.0, mse=1.0, ssim=0.2, kl=1e-6)
     gen = torch.Generator().manual_seed(0)
