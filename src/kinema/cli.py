@@ -69,6 +69,15 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
+def _check_one_frame(out: Path, frames: int, what: str, hint: str = "") -> None:
+    """A still file (.png, .jpg, .webp) holds one frame: KinemaError if `what` (has / is) more."""
+    from kinema.video import STILL_SUFFIXES
+
+    if out.suffix.lower() in STILL_SUFFIXES and frames > 1:
+        raise KinemaError(f"--out {out}: a {out.suffix} file holds one frame, but {what} {plural(frames, 'frame')}; "
+                          f"write .mp4, .webm or .gif{hint}")  # fmt: skip
+
+
 def _even_note(path: Path, width: int, height: int) -> str | None:
     """The note that a .mp4 / .mov / .mkv file holds an odd size padded to even, or None."""
     from kinema.video import stored_size
@@ -102,7 +111,6 @@ _OFFLOAD = typer.Option("none", help="GPU memory: none; text (the text encoder l
 _VIDEO_OUT = typer.Option(Path("out.mp4"), help="Video to write (.mp4, .webm, .mkv, .mov or .gif).")
 
 
-STILLS = (".png", ".jpg", ".jpeg", ".webp")
 LONG = 16  # generate: a clip over this many times the model's default duration is made in windows unless --window is given
 SEEDS = (-(2**63), 2**63 - 1)  # what the noise generator takes, with room for the seed + 1, + 2, ... of later samples
 
@@ -112,10 +120,10 @@ def _early_checks(size: str | None = None, seconds: float | None = None, fps: fl
                   window: float | None = None) -> tuple[int | None, int | None]:  # fmt: skip
     """Check what needs no model (size, duration, frame rate, seed, output file) before loading one."""
     from kinema.tasks import check_fps, check_seconds, check_size, check_window
-    from kinema.video import WRITE_SUFFIXES
+    from kinema.video import STILL_SUFFIXES, WRITE_SUFFIXES
 
     if out is not None:
-        check_out(out, WRITE_SUFFIXES if still else tuple(s for s in WRITE_SUFFIXES if s not in STILLS))
+        check_out(out, WRITE_SUFFIXES if still else tuple(s for s in WRITE_SUFFIXES if s not in STILL_SUFFIXES))
     if seconds is not None:
         check_seconds(seconds)
     if fps is not None:
@@ -397,9 +405,7 @@ def edit_cmd(
         raise KinemaError(f"--strength must be in [0, 1]; got {strength}")
     width, height = _early_checks(size, None, fps, out, still=True, seed=seed)
     source = _read_media(video, fps)
-    if out.suffix.lower() in STILLS and len(source.frames) > 1:
-        raise KinemaError(f"--out {out}: a {out.suffix} file holds one frame, but {video} has "
-                          f"{len(source.frames)}; write .mp4, .webm or .gif")  # fmt: skip
+    _check_one_frame(out, len(source.frames), f"{video} has")
     how = _expansion(expand, no_expand, llm_model)
     pipe = _pipeline(model, dtype, offload, lora)
     _write(pipe.edit(source, prompt, strength, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative,
@@ -498,9 +504,7 @@ def world_render(
     spec, notices = spec_with_notices(prompt, seed)
     clip = render(spec, width, height, seconds=seconds, fps=fps, seed=seed)
     T = clip.frames.shape[0]
-    if out.suffix.lower() in STILLS and T > 1:
-        raise KinemaError(f"--out {out}: a {out.suffix} file holds one frame, but {seconds:g} s at {fps:g} fps is "
-                          f"{plural(T, 'frame')}; write .mp4, .webm or .gif (or ask for one frame)")  # fmt: skip
+    _check_one_frame(out, T, f"{seconds:g} s at {fps:g} fps is", " (or ask for one frame)")
     video_path, json_path = clip.save(out)
     for note in (*notices, *duration_notice(seconds, fps, T), _even_note(video_path, width, height)):
         if note:

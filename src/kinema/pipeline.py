@@ -79,7 +79,7 @@ from kinema.sampling import (
     make_model_fn,
     reference_schedule,
 )
-from kinema.video import Video, hold_index, hold_indices, span_indices
+from kinema.video import Video, hold_index, hold_indices, span_indices, stored_size
 
 WORLD_DIR = Path(__file__).resolve().parent / "weights" / "world"
 PIPELINE_FILE = "pipeline.json"
@@ -972,8 +972,9 @@ class StreamWriter:
         from av.video.reformatter import ColorRange, Colorspace
 
         H, W = frames.shape[1:3]
-        if self.codec[1] == "libx264" and (H % 2 or W % 2):  # yuv420p H.264 codes even sizes: repeat the last row / column, as write_video
-            frames = F.pad(rearrange(frames, "t h w c -> t c h w").float(), (0, W % 2, 0, H % 2), mode="replicate")
+        Ws, Hs = stored_size(self.path, W, H)  # H.264 codes even sizes: repeat the last row / column, as write_video
+        if (Ws, Hs) != (W, H):
+            frames = F.pad(rearrange(frames, "t h w c -> t c h w").float(), (0, Ws - W, 0, Hs - H), mode="replicate")
             frames = rearrange(frames.to(torch.uint8), "t c h w -> t h w c").contiguous()
         if self.container is None:
             self._open(frames.shape[2], frames.shape[1])

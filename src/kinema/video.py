@@ -468,6 +468,7 @@ _CONTAINERS = {  # suffix -> (PyAV format, codec settings)
 _STILLS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
            ".webp": ("WEBP", {"lossless": True})}
 WRITE_SUFFIXES = (*_CONTAINERS, ".gif", *_STILLS)
+STILL_SUFFIXES = tuple(_STILLS)  # files of one frame
 
 
 def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps: float, *, crf: int = 18) -> Path:
